@@ -1,0 +1,177 @@
+"""The Phi-3 decoder as one ONNX graph on onnxruntime's fused CPU/GPU operators.
+
+Per layer: SkipSimplifiedLayerNormalization -> qkv (MatMulNBits or MatMul) -> GroupQueryAttention
+(packed QKV, fused rotary, KV cache whose past and present may share one preallocated buffer) ->
+o_proj -> SkipSimplifiedLayerNormalization -> gate_up -> SiLU gate -> down_proj.
+
+Graph interface (onnxruntime-genai's naming, so its runtime can drive our graphs too):
+  inputs   input_ids [batch, seq] int64 (or inputs_embeds [batch, seq, hidden] float),
+           attention_mask [batch, total] int64,
+           past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim]
+  outputs  logits [batch, 1, vocab] (last position only: prefill never pays the 200K-vocab head for
+           every prompt token), present.{i}.key / .value
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..models.config import DecoderConfig
+from ..models.errors import CheckpointError
+from ..models.phi3 import Phi3Weights
+from ..models.rope import cos_sin
+from ..quant import QuantConfig, quantize_int4
+from .graph import Graph
+
+MS = "com.microsoft"
+FLOAT = TensorProto.FLOAT
+VOCAB_CHUNK_ROWS = 16384   # rows of the embedding read and quantised at a time
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    quant: QuantConfig | None = QuantConfig()   # None: fp32 weights (parity checks)
+    inputs_embeds: bool = False                 # take embeddings instead of token ids
+
+
+def kv_names(layer: int) -> tuple[str, str, str, str]:
+    return (f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
+            f"present.{layer}.key", f"present.{layer}.value")
+
+
+class DecoderBuilder:
+    def __init__(self, g: Graph, cfg: DecoderConfig, weights: Phi3Weights, options: DecoderOptions):
+        self.g, self.cfg, self.w, self.opt = g, cfg, weights, options
+        q = options.quant
+        if q is not None and cfg.hidden_size % q.block_size:
+            raise CheckpointError(f"hidden_size {cfg.hidden_size} is not a multiple of block size "
+                                  f"{q.block_size}; choose a --block-size that divides it")
+
+    # -- weights -------------------------------------------------------------------------------
+    def linear(self, name: str, x: str, w: np.ndarray) -> str:
+        """x @ w.T for an [out, in] weight, int4 (MatMulNBits) or fp32 (MatMul)."""
+        g, q = self.g, self.opt.quant
+        if q is None:
+            return g.op("MatMul", [x, g.weight(f"{name}.weight", w.T)], name=name)
+        packed, scales = quantize_int4(w, q.block_size)
+        return g.op("MatMulNBits", [x, g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)],
+                    domain=MS, name=name, K=w.shape[1], N=w.shape[0], bits=q.bits,
+                    block_size=q.block_size, accuracy_level=q.accuracy_level)
+
+    def vocab_weight(self, name: str, key: str) -> tuple[str, str | None]:
+        """A [vocab, hidden] matrix written once: (packed, scales) int4 names, or (fp32, None).
+
+        Read and quantised in row chunks so a 200K x 3072 matrix never sits in memory as float32.
+        """
+        g, q, cfg = self.g, self.opt.quant, self.cfg
+        read: Callable[[slice], np.ndarray] = lambda rows: self.w.vocab_matrix(key, rows)
+        if q is None:
+            return g.weight(f"{name}.weight", read(slice(None))), None
+        blocks = cfg.hidden_size // q.block_size
+        packed = np.empty((cfg.vocab_size, blocks, q.block_size // 2), np.uint8)
+        scales = np.empty((cfg.vocab_size, blocks), np.float32)
+        for lo in range(0, cfg.vocab_size, VOCAB_CHUNK_ROWS):
+            rows = slice(lo, min(cfg.vocab_size, lo + VOCAB_CHUNK_ROWS))
+            packed[rows], scales[rows] = quantize_int4(read(rows), q.block_size)
+        return g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def embed(self, table: tuple[str, str | None]) -> str:
+        g, cfg, q = self.g, self.cfg, self.opt.quant
+        if self.opt.inputs_embeds:
+            return g.input("inputs_embeds", FLOAT, ["batch", "seq", cfg.hidden_size])
+        ids = g.input("input_ids", TensorProto.INT64, ["batch", "seq"])
+        data, scales = table
+        if q is None:
+            return g.op("Gather", [data, ids], name="embed_tokens")
+        # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
+        # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
+        scales3 = g.op("Reshape", [scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
+        rows = g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name="embed_tokens",
+                    gather_axis=0, quantize_axis=2, block_size=q.block_size, bits=q.bits)
+        return g.op("Reshape", [rows, g.const("embed_shape", np.array([0, 0, -1]))])
+
+    def lm_head(self, x: str, table: tuple[str, str | None]) -> str:
+        g, cfg, q = self.g, self.cfg, self.opt.quant
+        data, scales = table
+        if q is not None:
+            logits = g.op("MatMulNBits", [x, data, scales], domain=MS, name="lm_head", K=cfg.hidden_size,
+                          N=cfg.vocab_size, bits=q.bits, block_size=q.block_size, accuracy_level=q.accuracy_level)
+        else:   # Gemm with transB reads the [vocab, hidden] table as stored: no transposed copy
+            flat = g.op("Reshape", [x, g.const("flat_shape", np.array([-1, cfg.hidden_size]))])
+            logits = g.op("Gemm", [flat, data], name="lm_head", transB=1)
+            logits = g.op("Unsqueeze", [logits, g.const("axis1", np.array([1]))])
+        return g.op("Identity", [logits], ["logits"])
+
+    def rotary_caches(self, total_len: str) -> tuple[str, str]:
+        """cos/sin caches; LongRoPE picks the long set once the sequence passes the original
+        context, as transformers does (max position + 1 > original_max_position_embeddings)."""
+        g, rope, length = self.g, self.cfg.rope, self.cfg.max_position
+        if rope.kind == "default":
+            cos, sin = cos_sin(rope, length)
+            return g.weight("cos_cache", cos), g.weight("sin_cache", sin)
+        branches = []
+        for label, factors in (("long", rope.long_factor), ("short", rope.short_factor)):
+            cos, sin = cos_sin(rope, length, factors)
+            c, s = g.weight(f"cos_cache_{label}", cos), g.weight(f"sin_cache_{label}", sin)
+            branches.append(helper.make_graph(
+                [helper.make_node("Identity", [c], [f"cos_{label}"]), helper.make_node("Identity", [s], [f"sin_{label}"])],
+                f"rope_{label}", [],
+                [helper.make_tensor_value_info(f"cos_{label}", FLOAT, [length, rope.rotary_dim // 2]),
+                 helper.make_tensor_value_info(f"sin_{label}", FLOAT, [length, rope.rotary_dim // 2])]))
+        is_long = g.op("Greater", [total_len, g.const("original_max_position", np.array(rope.original_max_position, np.int32))])
+        return g.op("If", [is_long], ["cos_cache", "sin_cache"], name="rope_select",
+                    then_branch=branches[0], else_branch=branches[1])
+
+    # -- whole graph ---------------------------------------------------------------------------
+    def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
+        g, cfg, w = self.g, self.cfg, self.w
+        mask = g.input("attention_mask", TensorProto.INT64, ["batch", "total_seq"])
+        seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, g.const("axes1", np.array([1]))], keepdims=0),
+                                              g.const("one", np.array(1, np.int64))])], to=TensorProto.INT32)
+        total_len = g.op("Cast", [g.op("Gather", [g.op("Shape", [mask]), g.const("idx1", np.array(1))])],
+                         to=TensorProto.INT32)
+        cos, sin = self.rotary_caches(total_len)
+
+        embed_table = self.vocab_weight("embed_tokens", w.embed_key)
+        residual = self.embed(embed_table)
+        x = g.op("SimplifiedLayerNormalization", [residual, g.weight("layers.0.input_layernorm", w.norm(0))],
+                 epsilon=cfg.rms_norm_eps, axis=-1, stash_type=1)
+        window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_position else -1
+        for i in range(cfg.num_layers):
+            past_k, past_v, present_k, present_v = kv_names(i)
+            kv_shape = ["batch", cfg.num_kv_heads, "past_seq", cfg.head_dim]
+            g.input(past_k, FLOAT, kv_shape)
+            g.input(past_v, FLOAT, kv_shape)
+            qkv = self.linear(f"layers.{i}.qkv_proj", x, w.linear(i, "self_attn.qkv_proj"))
+            attn = g.op("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total_len, cos, sin],
+                        [f"layers.{i}.attn", present_k, present_v], domain=MS, name=f"layers.{i}.attn",
+                        num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1,
+                        rotary_interleaved=0, local_window_size=window)[0]
+            for name in (present_k, present_v):
+                g.output(name, FLOAT, ["batch", cfg.num_kv_heads, "total_seq", cfg.head_dim])
+            o = self.linear(f"layers.{i}.o_proj", attn, w.linear(i, "self_attn.o_proj"))
+            x, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
+                                     [o, residual, g.weight(f"layers.{i}.post_attention_layernorm",
+                                                            w.norm(i, "post_attention_layernorm"))],
+                                     [f"layers.{i}.attn_norm", "", "", f"layers.{i}.attn_residual"],
+                                     domain=MS, epsilon=cfg.rms_norm_eps)
+            gate_up = self.linear(f"layers.{i}.gate_up_proj", x, w.linear(i, "mlp.gate_up_proj"))
+            gate, up = g.op("Split", [gate_up], 2, axis=-1, num_outputs=2)
+            act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+            down = self.linear(f"layers.{i}.down_proj", act, w.linear(i, "mlp.down_proj"))
+            last = i == cfg.num_layers - 1
+            norm = w.norm(None) if last else w.norm(i + 1)
+            x, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
+                                     [down, residual, g.weight("norm" if last else f"layers.{i + 1}.input_layernorm", norm)],
+                                     [f"layers.{i}.mlp_norm", "", "", f"layers.{i}.mlp_residual"],
+                                     domain=MS, epsilon=cfg.rms_norm_eps)
+            progress(i)
+        x = g.op("Slice", [x, g.const("last_start", np.array([-1])), g.const("last_end", np.array([np.iinfo(np.int64).max])),
+                           g.const("seq_axis", np.array([1]))])
+        head = embed_table if w.lm_head_key is None else self.vocab_weight("lm_head", w.lm_head_key)
+        self.lm_head(x, head)
+        g.output("logits", FLOAT, ["batch", 1, cfg.vocab_size])

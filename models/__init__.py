@@ -1,0 +1,1 @@
+"""Model definitions and checkpoint layouts (torch-free)."""

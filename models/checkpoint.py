@@ -1,0 +1,83 @@
+"""Lazy, tensor-by-tensor reading of single or sharded safetensors checkpoints.
+
+Tensors are memory-mapped by safetensors and converted to float32 one at a time, so the caller
+decides how much is resident (export never holds more than one tensor, or one slice of one).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes  # noqa: F401  registers numpy's bfloat16 so safetensors can return bf16 arrays
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from .errors import CheckpointError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class Checkpoint:
+    """Every tensor of a checkpoint folder, read on demand."""
+
+    def __init__(self, model_dir: str | Path):
+        self.dir = Path(model_dir)
+        self._where = self._weight_map()
+        self._files = {}
+        for shard in sorted(set(self._where.values())):
+            path = self.dir / shard
+            if not path.is_file():
+                raise CheckpointError(f"{path}: shard listed in {INDEX_FILE} is missing")
+            try:
+                handle = safe_open(str(path), framework="numpy")
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
+            present = set(handle.keys())
+            missing = [k for k, s in self._where.items() if s == shard and k not in present]
+            if missing:
+                raise CheckpointError(f"{path}: tensor '{missing[0]}' listed in the index is not in the shard")
+            self._files[shard] = handle
+
+    def _weight_map(self) -> dict[str, str]:
+        index = self.dir / INDEX_FILE
+        if index.is_file():
+            try:
+                return dict(json.loads(index.read_text())["weight_map"])
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{index}: malformed index ({e})") from None
+        single = self.dir / SINGLE_FILE
+        if single.is_file():
+            try:
+                with safe_open(str(single), framework="numpy") as f:
+                    return {k: SINGLE_FILE for k in f.keys()}
+            except SafetensorError as e:
+                raise CheckpointError(f"{single}: unreadable or truncated safetensors file ({e})") from None
+        raise CheckpointError(f"{self.dir}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slice(name).get_shape())
+
+    def _slice(self, name: str):
+        if name not in self._where:
+            raise CheckpointError(f"{self.dir}: tensor '{name}' not found in the checkpoint")
+        return self._files[self._where[name]].get_slice(name)
+
+    def get(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """One tensor (or a slice of its rows) as float32."""
+        try:
+            arr = self._slice(name)[rows] if rows is not None else self._files[self._where[name]].get_tensor(name)
+        except KeyError:
+            raise CheckpointError(f"{self.dir}: tensor '{name}' not found in the checkpoint") from None
+        except SafetensorError as e:
+            raise CheckpointError(f"{self.dir / self._where[name]}: cannot read '{name}' ({e})") from None
+        return np.asarray(arr, dtype=np.float32)
+
+    def files(self) -> list[Path]:
+        return [self.dir / s for s in sorted(self._files)]

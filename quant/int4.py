@@ -1,0 +1,63 @@
+"""Block-wise symmetric int4 quantisation in MatMulNBits' packed layout.
+
+The packing is done by onnxruntime's own C++ routine (the one its MatMulNBitsQuantizer calls), so
+the bytes are exactly what MatMulNBits and GatherBlockQuantized expect. We call it per tensor and in
+row chunks rather than through MatMulNBitsQuantizer, which needs the whole ONNX model in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+from ..models.errors import Phi4EdgeError
+
+CHUNK_ELEMENTS = 1 << 25   # 128 MB of float32 per quantisation call bounds peak memory
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """int4 settings recorded in the manifest. accuracy_level 4 = int8 compute on CPU (fast path)."""
+
+    bits: int = 4
+    block_size: int = 32
+    accuracy_level: int = 4
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise Phi4EdgeError(f"--block-size {self.block_size}: must be a power of two >= 16")
+        if self.bits != 4:
+            raise Phi4EdgeError(f"only 4-bit weights are supported, got bits={self.bits}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def quantize_int4(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise a [N, K] weight (rows = outputs) along K.
+
+    Returns packed [N, ceil(K/bs), bs/2] uint8 (low nibble first, zero point 8) and float32
+    scales [N, ceil(K/bs)].
+    """
+    n, k = w.shape
+    blocks = -(-k // block_size)
+    packed = np.empty((n, blocks, block_size // 2), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    zero_points = np.empty(0, np.uint8)   # unused when symmetric
+    step = max(1, CHUNK_ELEMENTS // k)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        chunk_scales = np.empty((hi - lo) * blocks, np.float32)
+        quantize_matmul_4bits(packed[lo:hi], np.ascontiguousarray(w[lo:hi].T, dtype=np.float32),
+                              chunk_scales, zero_points, block_size, hi - lo, k, True)
+        scales[lo:hi] = chunk_scales.reshape(hi - lo, blocks)
+    return packed, scales
+
+
+def dequantize_int4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of quantize_int4 (for error measurement)."""
+    n, blocks, half = packed.shape
+    q = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, blocks, 2 * half).astype(np.float32) - 8
+    return (q * scales[:, :, None]).reshape(n, -1)[:, :k]

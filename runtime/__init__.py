@@ -1,0 +1,1 @@
+"""Bundle runtime on onnxruntime (never imports torch)."""

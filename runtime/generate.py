@@ -1,0 +1,93 @@
+"""Prompt in, tokens out: prefill, then decode one token at a time, streaming text as it comes."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..models.errors import BundleError
+from .bundle import Bundle, open_bundle
+from .sampling import Sampler, SamplingParams
+from .session import DecoderSession
+from .tokenizer import ChatTokenizer
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    finish_reason: str                 # "stop" (an end token), "length" (max_new_tokens or context)
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Model:
+    """A loaded bundle. `generate` for a whole answer, `stream` for tokens as they come."""
+
+    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, providers: list[str] | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+        self.tokenizer = ChatTokenizer(self.bundle.path)
+        self.decoder = DecoderSession(self.bundle, threads, providers)
+        self.eos_token_ids = self.bundle.eos_token_ids
+        self.context_length = self.decoder.max_position
+
+    def encode(self, prompt: str, chat_template: bool = True, system: str | None = None) -> list[int]:
+        return self.tokenizer.encode_prompt(prompt, chat_template, system)
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int = 256,
+               sampling: SamplingParams = SamplingParams(), timings: dict | None = None) -> Iterator[int]:
+        """Yield generated token ids (the end token included, as transformers does)."""
+        n = len(prompt_ids)
+        if n == 0:
+            raise BundleError("the prompt is empty")
+        if n >= self.context_length:
+            raise BundleError(f"the prompt is {n} tokens; this model's context is {self.context_length} "
+                              f"tokens, so at most {self.context_length - 1} fit with room to answer")
+        budget = min(max_new_tokens, self.context_length - n)
+        if budget <= 0:
+            return
+        sample = Sampler(sampling)
+        self.decoder.reserve(n + budget)
+        start = time.perf_counter()
+        logits = self.decoder.forward(np.asarray(prompt_ids, np.int64))
+        token = np.zeros(1, np.int64)
+        token[0] = sample(logits)
+        first = time.perf_counter()
+        if timings is not None:
+            timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n)
+        generated = 0
+        while True:
+            generated += 1
+            yield int(token[0])
+            if int(token[0]) in self.eos_token_ids or generated >= budget:
+                break
+            logits = self.decoder.forward(token)
+            token[0] = sample(logits)
+        if timings is not None:
+            decode_s = time.perf_counter() - first
+            timings.update(decode_tokens=generated - 1,
+                           decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else None)
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+                 chat_template: bool = True, system: str | None = None,
+                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+        prompt_ids = self.encode(prompt, chat_template, system) if isinstance(prompt, str) else list(prompt)
+        timings: dict = {}
+        text_stream = self.tokenizer.stream()
+        ids: list[int] = []
+        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings):
+            ids.append(token)
+            if on_text is not None and (piece := text_stream.step(token)):
+                on_text(piece)
+        finish = "stop" if ids and ids[-1] in self.eos_token_ids else "length"
+        return GenerationResult(self.tokenizer.decode(ids), ids, prompt_ids, finish, timings)
+
+
+def load(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Model:
+    return Model(bundle, threads, providers)

@@ -1,0 +1,40 @@
+"""Next-token choice from logits: greedy, or temperature / top-k / top-p sampling (numpy)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0   # 0 = greedy
+    top_k: int = 0             # 0 = no limit
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        p = self.params
+        if p.temperature == 0:
+            return int(np.argmax(logits))
+        scores = logits.astype(np.float64) / p.temperature
+        candidates = np.arange(scores.size)
+        if p.top_k and p.top_k < scores.size:
+            candidates = np.argpartition(-scores, p.top_k - 1)[:p.top_k]
+        candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
+        probs = np.exp(scores[candidates] - scores[candidates[0]])
+        probs /= probs.sum()
+        if p.top_p < 1.0:   # smallest prefix whose mass reaches top_p
+            keep = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
+            candidates, probs = candidates[:keep], probs[:keep] / probs[:keep].sum()
+        return int(candidates[self.rng.choice(candidates.size, p=probs)])

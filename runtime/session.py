@@ -1,0 +1,65 @@
+"""The decoder on onnxruntime: one preallocated KV buffer per layer, bound once as both the
+GroupQueryAttention past and present (the kernel appends in place), and every step's inputs and
+logits bound to preallocated arrays, so a decode step allocates nothing."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from ..models.errors import BundleError
+from .bundle import Bundle
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return so
+
+
+class DecoderSession:
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
+        cfg = bundle.config
+        self.num_layers, self.vocab_size = cfg["num_layers"], cfg["vocab_size"]
+        self.kv_shape = (cfg["num_kv_heads"], cfg["head_dim"])
+        self.max_position = cfg["max_position"]
+        try:
+            self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["decoder"]["graph"])),
+                                                session_options(threads),
+                                                providers=providers or ["CPUExecutionProvider"])
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+            raise BundleError(f"{bundle.path}: decoder graph failed to load ({e})") from None
+        self.binding = self.session.io_binding()
+        self.logits = np.zeros((1, 1, self.vocab_size), np.float32)
+        self.binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        self.capacity = 0
+        self.length = 0   # tokens already in the KV cache
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` tokens and start a new sequence (reallocates only to grow)."""
+        self.length = 0
+        if capacity <= self.capacity:
+            return
+        self.capacity = capacity
+        self.mask = np.ones((1, capacity), np.int64)
+        self.cache = []
+        for i in range(self.num_layers):
+            for kind in ("key", "value"):
+                value = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_shape[0], capacity, self.kv_shape[1]), np.float32))
+                self.cache.append(value)   # keep alive: the binding holds only pointers
+                self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
+                self.binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """Run `ids` ([n] int64, contiguous) after the cached tokens; returns last-position logits."""
+        n = ids.shape[0]
+        total = self.length + n
+        if total > self.capacity:
+            raise BundleError(f"sequence of {total} tokens exceeds the reserved {self.capacity}")
+        self.binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], ids.ctypes.data)
+        self.binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
+        self.session.run_with_iobinding(self.binding)
+        self.length = total
+        return self.logits[0, 0]

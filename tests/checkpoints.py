@@ -1,0 +1,46 @@
+"""Tiny random Phi-3-family checkpoints written by transformers itself, in the real key layout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import Phi3Config, Phi3ForCausalLM
+
+from phi4edge.models.tokenizer import save_tokenizer, train_tokenizer
+
+
+def phi3_config(*, hidden=256, layers=2, heads=4, kv_heads=2, intermediate=344, vocab=1031,
+                partial_rotary=0.75, longrope=True, original_max=4096, max_position=16384,
+                tie=True, sliding_window=None, tokenizer_vocab=400) -> Phi3Config:
+    head_dim = hidden // heads
+    rotary_half = int(head_dim * partial_rotary) // 2
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": partial_rotary}
+    if longrope:
+        gen = torch.Generator().manual_seed(7)
+        rope = {**rope, "rope_type": "longrope", "original_max_position_embeddings": original_max,
+                "short_factor": (1 + torch.rand(rotary_half, generator=gen)).tolist(),
+                "long_factor": (1 + 4 * torch.rand(rotary_half, generator=gen)).tolist()}
+    # Special tokens sit at ids 0..8 of the test tokenizer: <|endoftext|>=0, <|end|>=4.
+    return Phi3Config(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=intermediate, vocab_size=vocab,
+        max_position_embeddings=max_position, original_max_position_embeddings=original_max,
+        rope_parameters=rope, tie_word_embeddings=tie, sliding_window=sliding_window,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.1,
+        architectures=["Phi3ForCausalLM"], attn_implementation="eager")
+
+
+def make_phi3(path: Path, config: Phi3Config, dtype=torch.bfloat16, shard_size="300KB", seed=0,
+              tokenizer_vocab=400) -> Path:
+    """Save a random Phi3ForCausalLM (sharded when shard_size is small) plus a tokenizer."""
+    torch.manual_seed(seed)
+    model = Phi3ForCausalLM(config).to(dtype)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, max_shard_size=shard_size)
+    save_tokenizer(train_tokenizer(tokenizer_vocab), path, config.max_position_embeddings)
+    return path
+
+
+def load_reference(path: Path) -> Phi3ForCausalLM:
+    """The checkpoint as transformers reads it, in float32 (the numbers our fp32 bundle must match)."""
+    return Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
