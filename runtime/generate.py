@@ -36,6 +36,10 @@ class Model:
         self.decoder = DecoderSession(self.bundle, threads, providers)
         self.eos_token_ids = self.bundle.eos_token_ids
         self.context_length = self.decoder.max_position
+        cfg = self.bundle.config
+        # LongRoPE: the cache holds keys rotated with the short factors until the sequence outgrows
+        # the original context; then transformers recomputes it once with the long factors.
+        self.rope_switch = cfg["original_max_position"] if cfg["rope_kind"] == "longrope" else None
 
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None) -> list[int]:
         return self.tokenizer.encode_prompt(prompt, chat_template, system)
@@ -61,13 +65,19 @@ class Model:
         first = time.perf_counter()
         if timings is not None:
             timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n)
+        sequence = list(prompt_ids)
         generated = 0
         while True:
             generated += 1
+            sequence.append(int(token[0]))
             yield int(token[0])
             if int(token[0]) in self.eos_token_ids or generated >= budget:
                 break
-            logits = self.decoder.forward(token)
+            if self.decoder.length == self.rope_switch:
+                self.decoder.reset()
+                logits = self.decoder.forward(np.asarray(sequence, np.int64))
+            else:
+                logits = self.decoder.forward(token)
             token[0] = sample(logits)
         if timings is not None:
             decode_s = time.perf_counter() - first

@@ -39,7 +39,7 @@ class DecoderSession:
 
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` tokens and start a new sequence (reallocates only to grow)."""
-        self.length = 0
+        self.reset()
         if capacity <= self.capacity:
             return
         self.capacity = capacity
@@ -51,6 +51,10 @@ class DecoderSession:
                 self.cache.append(value)   # keep alive: the binding holds only pointers
                 self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
                 self.binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the buffers stay allocated)."""
+        self.length = 0
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         """Run `ids` ([n] int64, contiguous) after the cached tokens; returns last-position logits."""

@@ -1,0 +1,115 @@
+"""The `phi4edge` command line."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from ..models.errors import Phi4EdgeError
+
+
+def friendly_errors(fn):
+    """Our own errors (bad checkpoint, bad bundle, bad request) become one line and exit code 1."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Phi4EdgeError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+@click.group()
+@click.version_option(package_name="phi4edge")
+def main() -> None:
+    """Phi-4-mini and Phi-4-multimodal on laptops and phones, offline."""
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Bundle folder to create.")
+@click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4 quantisation block size.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@friendly_errors
+def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool) -> None:
+    """Export a Hugging Face checkpoint folder to a bundle."""
+    from ..export import export_model   # export-only dependencies load only here
+    path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompt", required=True, help="The user message (or raw text with --no-chat-template).")
+@click.option("--system", default=None, help="Optional system message.")
+@click.option("--no-chat-template", is_flag=True, help="Send the prompt as raw text.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=None,
+              help="Sampling temperature; greedy when unset or 0 (1.0 when only --top-k/--top-p are given).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample among the k most likely tokens.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, help="Nucleus sampling mass.")
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, ids, timings) instead of streaming.")
+@friendly_errors
+def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, max_new_tokens: int,
+        temperature: float | None, top_k: int, top_p: float, seed: int | None, threads: int | None,
+        as_json: bool) -> None:
+    """Generate an answer to one prompt."""
+    from .generate import load
+    from .sampling import SamplingParams
+    if temperature is None:
+        temperature = 1.0 if (top_k or top_p < 1.0) else 0.0
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    model = load(bundle, threads=threads)
+    on_text = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
+                            chat_template=not no_chat_template, system=system, on_text=on_text)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo()
+        t = result.timings
+        speed = f", {t['decode_tokens_per_s']:.1f} tok/s" if t.get("decode_tokens_per_s") else ""
+        click.echo(f"[{len(result.token_ids)} tokens, {result.finish_reason}; prefill {t['prefill_ms']:.0f} ms{speed}]",
+                   err=True)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of every file.")
+@friendly_errors
+def inspect(bundle: str, no_verify: bool) -> None:
+    """Show a bundle's manifest and verify its files."""
+    from .bundle import open_bundle
+    b = open_bundle(bundle)
+    m = b.manifest
+    cfg = m["model"]["config"]
+    q = m["quantization"]
+    click.echo(f"bundle      {b.path}  ({m['format']} v{m['format_version']}, {m.get('created_by', '?')})")
+    click.echo(f"model       {m['model']['family']} {cfg['architecture']} from {m['model'].get('source')}")
+    click.echo(f"shape       {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, heads {cfg['num_heads']}/"
+               f"{cfg['num_kv_heads']} kv, head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']}")
+    click.echo(f"context     {cfg['max_position']} tokens, rope {cfg['rope_kind']} (rotary dim {cfg['rotary_dim']})")
+    quant = q["precision"] if q["precision"] == "fp32" else \
+        f"int4, block {q['block_size']}, accuracy level {q['accuracy_level']}, symmetric"
+    click.echo(f"weights     {quant}")
+    click.echo(f"stop ids    {m['generation']['eos_token_ids']}")
+    report = {} if no_verify else b.verify()
+    click.echo("files")
+    for name, entry in m["files"].items():
+        status = "" if no_verify else ("  ok" if report[name] == "ok" else f"  FAILED: {report[name]}")
+        click.echo(f"  {name:40s} {_size(entry['size']):>10s}  {entry['sha256'][:16]}{status}")
+    bad = [n for n, s in report.items() if s != "ok"]
+    if bad:
+        raise click.ClickException(f"{len(bad)} file(s) failed verification: {', '.join(bad)}")
