@@ -113,3 +113,7 @@ def inspect(bundle: str, no_verify: bool) -> None:
     bad = [n for n, s in report.items() if s != "ok"]
     if bad:
         raise click.ClickException(f"{len(bad)} file(s) failed verification: {', '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()

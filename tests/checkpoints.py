@@ -26,18 +26,48 @@ def phi3_config(*, hidden=256, layers=2, heads=4, kv_heads=2, intermediate=344, 
         num_key_value_heads=kv_heads, intermediate_size=intermediate, vocab_size=vocab,
         max_position_embeddings=max_position, original_max_position_embeddings=original_max,
         rope_parameters=rope, tie_word_embeddings=tie, sliding_window=sliding_window,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.1,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
         architectures=["Phi3ForCausalLM"], attn_implementation="eager")
 
 
+WORDS = "zero one two three four five six seven eight nine ten".split()
+
+
+def counting_chat(start: int, count: int) -> str:
+    """A checkable chat exchange: the answer counts on in words from the asked number."""
+    return (f"<|user|>Count from {WORDS[start]}.<|end|><|assistant|>"
+            + " ".join(WORDS[start:start + count]) + "<|end|>")
+
+
+def train_briefly(model: Phi3ForCausalLM, tokenizer, steps: int, seed: int = 0) -> None:
+    """A few seconds of training on counting chats: random weights have no confident answers, so
+    int4-vs-fp32 agreement on them would measure noise, not quantisation."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, 8, (16,), generator=gen).tolist()
+        seqs = [tokenizer.encode(counting_chat(s, 11 - s)).ids for s in starts]
+        width = max(map(len, seqs))
+        ids = torch.tensor([q + [0] * (width - len(q)) for q in seqs])
+        labels = torch.tensor([q + [-100] * (width - len(q)) for q in seqs])
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def make_phi3(path: Path, config: Phi3Config, dtype=torch.bfloat16, shard_size="300KB", seed=0,
-              tokenizer_vocab=400) -> Path:
-    """Save a random Phi3ForCausalLM (sharded when shard_size is small) plus a tokenizer."""
+              tokenizer_vocab=400, train_steps=60) -> Path:
+    """Save a Phi3ForCausalLM (sharded when shard_size is small) plus a tokenizer, briefly trained."""
     torch.manual_seed(seed)
-    model = Phi3ForCausalLM(config).to(dtype)
+    tokenizer = train_tokenizer(tokenizer_vocab)
+    model = Phi3ForCausalLM(config)
+    train_briefly(model, tokenizer, train_steps, seed)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, max_shard_size=shard_size)
-    save_tokenizer(train_tokenizer(tokenizer_vocab), path, config.max_position_embeddings)
+    model.to(dtype).save_pretrained(path, max_shard_size=shard_size)
+    save_tokenizer(tokenizer, path, config.max_position_embeddings)
     return path
 
 

@@ -1,0 +1,107 @@
+"""Runtime behaviour: context limits, stop tokens, sampling, streaming, the CLI contract, no torch."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from phi4edge.models.errors import BundleError
+from phi4edge.runtime.cli import main
+from phi4edge.runtime.generate import load
+from phi4edge.runtime.sampling import SamplingParams
+
+
+def test_prompt_longer_than_context_is_refused(bundles):
+    model = load(bundles["phi3mini", "fp32"])   # context 4096
+    with pytest.raises(BundleError, match="4096"):
+        model.generate(list(range(5, 405)) * 11)
+    result = CliRunner().invoke(main, ["run", str(bundles["phi3mini", "fp32"]), "--no-chat-template",
+                                       "--prompt", "one two " * 3000])
+    assert result.exit_code != 0 and "context is 4096 tokens" in result.output and "Traceback" not in result.output
+
+
+def test_answer_is_cut_at_the_context_end(bundles):
+    model = load(bundles["phi3mini", "fp32"])
+    model.eos_token_ids = set()
+    result = model.generate(list(np.arange(4090) % 390 + 5), max_new_tokens=50)
+    assert len(result.token_ids) == 6 and result.finish_reason == "length"
+
+
+def test_ids_beyond_the_tokenizer_do_not_break_decoding(bundles):
+    """The model's vocabulary (1031) is larger than its tokenizer's (400), as with Phi-4's padding."""
+    model = load(bundles["phi4mini", "fp32"])
+    model.eos_token_ids = set()
+    pieces = []
+    hot = SamplingParams(temperature=50.0, seed=0)   # near-uniform: most draws land past id 400
+    result = model.generate(list(range(20, 60)), max_new_tokens=40, sampling=hot, on_text=pieces.append)
+    assert any(t >= model.tokenizer.vocab_size for t in result.token_ids)
+    assert "".join(pieces) == result.text
+
+
+def test_stops_on_an_end_token(bundles):
+    model = load(bundles["phi4mini", "fp32"])
+    free = model.generate(list(range(20, 60)), max_new_tokens=10).token_ids
+    model.eos_token_ids = {free[2]}
+    result = model.generate(list(range(20, 60)), max_new_tokens=10)
+    assert result.token_ids == free[:free.index(free[2]) + 1] and result.finish_reason == "stop"
+
+
+def test_end_tokens_come_from_config_generation_config_and_chat_tokens(bundles):
+    manifest = json.loads((bundles["phi4mini", "int4"] / "manifest.json").read_text())
+    assert manifest["generation"]["eos_token_ids"] == [0, 4]   # <|endoftext|> and <|end|>
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(bundles):
+    model = load(bundles["phi4mini", "fp32"])
+    prompt = list(range(30, 50))
+    sample = lambda **kw: model.generate(prompt, max_new_tokens=20, sampling=SamplingParams(**kw)).token_ids
+    assert sample(temperature=1.0, seed=1) == sample(temperature=1.0, seed=1)
+    assert sample(temperature=1.0, seed=1) != sample(temperature=1.0, seed=2)
+    assert sample(temperature=0.7, top_k=1, seed=5) == sample()
+    assert sample(temperature=1.0, top_p=1e-6, seed=5) == sample()
+
+
+def test_cli_run_json_contract(bundles):
+    result = subprocess.run([sys.executable, "-m", "phi4edge.runtime.cli", "run", str(bundles["phi4mini", "int4"]),
+                             "--prompt", "Explain GQA in one paragraph.", "--max-new-tokens", "5", "--json"],
+                            capture_output=True, text=True, check=True)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"text", "token_ids", "prompt_token_ids", "finish_reason", "timings"} <= set(out)
+    assert len(out["token_ids"]) <= 5 and out["finish_reason"] in ("stop", "length")
+    assert out["timings"]["prefill_ms"] > 0
+
+
+def test_cli_streams_text(bundles):
+    result = CliRunner().invoke(main, ["run", str(bundles["phi4mini", "fp32"]), "--prompt", "hello", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+
+
+def test_inspect_verifies_hashes(bundles, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["phi4mini", "int4"], copy)
+    ok = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert ok.exit_code == 0 and "int4, block 32" in ok.output and "FAILED" not in ok.output
+    with open(copy / "decoder.onnx.data", "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bad = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert bad.exit_code != 0 and "decoder.onnx.data" in bad.output and "sha256 mismatch" in bad.output
+
+
+def test_runtime_runs_without_torch(bundles):
+    """The runtime must import and generate with torch and transformers unavailable."""
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from phi4edge.runtime.generate import load\n"
+        f"r = load({str(bundles['phi4mini', 'int4'])!r}).generate('hi', max_new_tokens=3)\n"
+        "assert len(r.token_ids) >= 1 and 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print('ok')\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
