@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ def staging(out_dir: Path, force: bool = False) -> Iterator[Path]:
         raise Phi4EdgeError(f"{out_dir}: output folder already exists (choose another -o, or pass --force)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)   # mkdtemp makes it private; the bundle should be like any new folder
     try:
         yield tmp
         if out_dir.exists():
