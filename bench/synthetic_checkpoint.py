@@ -24,7 +24,7 @@ PRESETS = {
                       num_key_value_heads=8, vocab_size=200064, max_position_embeddings=131072,
                       original_max_position_embeddings=4096),
     "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024 + 13, max_position_embeddings=16384,
+                 num_key_value_heads=2, vocab_size=520, max_position_embeddings=16384,
                  original_max_position_embeddings=4096),
 }
 

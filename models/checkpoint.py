@@ -21,10 +21,11 @@ SINGLE_FILE = "model.safetensors"
 
 
 class Checkpoint:
-    """Every tensor of a checkpoint folder, read on demand."""
+    """Every tensor of a checkpoint folder (or of one .safetensors file), read on demand."""
 
-    def __init__(self, model_dir: str | Path):
-        self.dir = Path(model_dir)
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self.dir, self._file = (path.parent, path.name) if path.suffix == ".safetensors" else (path, None)
         self._where = self._weight_map()
         self._shapes: dict[str, tuple[int, ...]] = {}
         for shard in sorted(set(self._where.values())):
@@ -47,16 +48,16 @@ class Checkpoint:
 
     def _weight_map(self) -> dict[str, str]:
         index = self.dir / INDEX_FILE
-        if index.is_file():
+        if index.is_file() and self._file is None:
             try:
                 return dict(json.loads(index.read_text())["weight_map"])
             except (json.JSONDecodeError, KeyError) as e:
                 raise CheckpointError(f"{index}: malformed index ({e})") from None
-        single = self.dir / SINGLE_FILE
+        single = self.dir / (self._file or SINGLE_FILE)
         if single.is_file():
             try:
                 with safe_open(str(single), framework="numpy") as f:
-                    return {k: SINGLE_FILE for k in f.keys()}
+                    return {k: single.name for k in f.keys()}
             except SafetensorError as e:
                 raise CheckpointError(f"{single}: unreadable or truncated safetensors file ({e})") from None
         raise CheckpointError(f"{self.dir}: no {SINGLE_FILE} or {INDEX_FILE} found")

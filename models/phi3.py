@@ -16,6 +16,16 @@ from .errors import CheckpointError
 LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
+def linear_shapes(c: DecoderConfig) -> dict[str, tuple[int, int]]:
+    """[out, in] of each per-layer linear."""
+    return {
+        "self_attn.qkv_proj": (c.qkv_size, c.hidden_size),
+        "self_attn.o_proj": (c.hidden_size, c.num_heads * c.head_dim),
+        "mlp.gate_up_proj": (2 * c.intermediate_size, c.hidden_size),
+        "mlp.down_proj": (c.hidden_size, c.intermediate_size),
+    }
+
+
 @dataclass
 class Phi3Weights:
     """Reads the decoder's weights from a checkpoint, checking each shape against the config."""
@@ -41,18 +51,9 @@ class Phi3Weights:
         self._check(key, shape)
         return self.ckpt.get(key, rows)
 
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        c = self.cfg
-        return {
-            "self_attn.qkv_proj": (c.qkv_size, c.hidden_size),
-            "self_attn.o_proj": (c.hidden_size, c.num_heads * c.head_dim),
-            "mlp.gate_up_proj": (2 * c.intermediate_size, c.hidden_size),
-            "mlp.down_proj": (c.hidden_size, c.intermediate_size),
-        }
-
     def linear(self, layer: int, module: str) -> np.ndarray:
         """[out, in] weight of one of LAYER_LINEARS."""
-        return self._read(self._key(f"layers.{layer}.{module}.weight"), self.linear_shapes()[module])
+        return self._read(self._key(f"layers.{layer}.{module}.weight"), linear_shapes(self.cfg)[module])
 
     def norm(self, layer: int | None, which: str = "input_layernorm") -> np.ndarray:
         name = "norm.weight" if layer is None else f"layers.{layer}.{which}.weight"
@@ -81,7 +82,7 @@ class Phi3Weights:
             self._check(key, (self.cfg.vocab_size, self.cfg.hidden_size))
         self._check(self._key("norm.weight"), (self.cfg.hidden_size,))
         for i in range(self.cfg.num_layers):
-            for module, shape in self.linear_shapes().items():
+            for module, shape in linear_shapes(self.cfg).items():
                 self._check(self._key(f"layers.{i}.{module}.weight"), shape)
             for which in ("input_layernorm", "post_attention_layernorm"):
                 self._check(self._key(f"layers.{i}.{which}.weight"), (self.cfg.hidden_size,))
