@@ -1,6 +1,7 @@
 """`phi4edge export`: a Hugging Face checkpoint folder in, a bundle folder out."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,10 +14,12 @@ from importlib.metadata import version
 from ..models.checkpoint import Checkpoint
 from ..models.config import DecoderConfig, load_config
 from ..models.errors import CheckpointError
+from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, read_phi4mm
 from ..models.phi3 import Phi3Weights
 from ..quant import QuantConfig
+from .adapters import write_adapter
 from .bundle import staging, write_manifest
-from .decoder import DecoderBuilder, DecoderOptions
+from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .graph import Graph, WeightFile
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -35,38 +38,82 @@ def stop_token_ids(model_dir: Path, cfg: DecoderConfig, tokenizer: Tokenizer) ->
     return sorted(i for i in ids if i is not None)
 
 
+def base_model_id(cfg: DecoderConfig, weights: Phi3Weights) -> str:
+    """Identifies the base weights (not their precision): adapters record it and are refused by a
+    bundle of any other base."""
+    h = hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode())
+    h.update(weights.linear(0, "self_attn.qkv_proj")[:64].tobytes())
+    return h.hexdigest()
+
+
+def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: dict[str, Path]) -> list[LoraAdapter]:
+    """Adapters given with --adapter, plus a Phi-4-multimodal checkpoint's own vision/speech LoRAs
+    (inside its shards in the original layout, else in its vision-lora/ and speech-lora/ folders)."""
+    found = read_phi4mm(ckpt, cfg.raw)
+    if not found:
+        found = [read_peft(name, model_dir / f"{name}-lora") for name in PHI4MM_ADAPTERS
+                 if (model_dir / f"{name}-lora" / "adapter_config.json").is_file()]
+    found += [read_peft(name, path) for name, path in extra.items()]
+    names = [a.name for a in found]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"adapter name '{dup}' is given twice (the checkpoint may already carry it)")
+    for adapter in found:
+        check_fits(adapter, cfg)
+    return found
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
-                 block_size: int = 32, force: bool = False, show_progress: bool = True) -> Path:
-    """Export a Phi-3-family checkpoint to a bundle; returns the bundle path."""
+                 block_size: int = 32, force: bool = False, show_progress: bool = True,
+                 adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
+                 lora: bool = False) -> Path:
+    """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
+
+    adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
+    adapters can be brought later). adapter_precision: fp32 or fp16 LoRA weights.
+    """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if precision not in ("int4", "fp32"):
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
+    if adapter_precision not in LORA_DTYPES:
+        raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(LORA_DTYPES)}")
     quant = QuantConfig(block_size=block_size) if precision == "int4" else None
     cfg = load_config(model_dir)
     tok_path = model_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path}: not found (phi4edge needs the fast tokenizer file)")
     tokenizer = Tokenizer.from_file(str(tok_path))
-    weights = Phi3Weights(Checkpoint(model_dir), cfg)
+    ckpt = Checkpoint(model_dir)
+    weights = Phi3Weights(ckpt, cfg)
     weights.check()   # every tensor present and shaped right before anything is written
+    loras = find_adapters(model_dir, ckpt, cfg, {k: Path(v) for k, v in (adapters or {}).items()})
+    lora_dtype = adapter_precision if (loras or lora) else None
+    base_id = base_model_id(cfg, weights)
 
     with staging(out_dir, force) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
         graph = Graph("phi3_decoder", data)
         with tqdm(total=cfg.num_layers, desc="export decoder", unit="layer", disable=not show_progress) as bar:
-            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant)).build(lambda _: bar.update())
+            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype)).build(lambda _: bar.update())
         data.close()
+        adapter_entries = {}
+        for adapter in tqdm(loras, desc="export adapters", unit="adapter", disable=not show_progress or not loras):
+            adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
+                                                          adapter_precision, base_id)
         onnx.save_model(graph.model(), tmp / "decoder.onnx")
         for name in TOKENIZER_FILES + ("config.json",):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
         write_manifest(tmp, {
             "created_by": f"phi4edge {version('phi4edge')}",
-            "model": {"family": "phi3", "source": model_dir.resolve().name, "config": cfg.to_json()},
+            "model": {"family": "phi3", "source": model_dir.resolve().name, "base_id": base_id,
+                      "config": cfg.to_json()},
             "quantization": {"precision": precision, **(quant.to_json() if quant else {}),
                              "tied_embeddings": "one int4 tensor for embedding and LM head"
                              if quant and cfg.tie_word_embeddings else None},
-            "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position"},
+            "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position",
+                        "lora": lora_dtype},
+            "adapters": adapter_entries,
             "generation": {"eos_token_ids": stop_token_ids(model_dir, cfg, tokenizer)},
         })
     return out_dir

@@ -31,10 +31,20 @@ FLOAT = TensorProto.FLOAT
 VOCAB_CHUNK_ROWS = 16384   # rows of the embedding read and quantised at a time
 
 
+LORA_DTYPES = {"fp32": (TensorProto.FLOAT, np.float32), "fp16": (TensorProto.FLOAT16, np.float16)}
+
+
 @dataclass(frozen=True)
 class DecoderOptions:
     quant: QuantConfig | None = QuantConfig()   # None: fp32 weights (parity checks)
     inputs_embeds: bool = False                 # take embeddings instead of token ids
+    lora: str | None = None                     # LoRA inputs on every layer linear, in this precision
+
+
+def lora_names(layer: int, module: str) -> tuple[str, str]:
+    """Graph inputs (and .onnx_adapter parameter names) of one LoRA pair: A [in, r], B [r, out]."""
+    short = module.split(".")[-1]
+    return f"lora.layers.{layer}.{short}.A", f"lora.layers.{layer}.{short}.B"
 
 
 def kv_names(layer: int) -> tuple[str, str, str, str]:
@@ -51,15 +61,40 @@ class DecoderBuilder:
                                   f"{q.block_size}; choose a --block-size that divides it")
 
     # -- weights -------------------------------------------------------------------------------
-    def linear(self, name: str, x: str, w: np.ndarray) -> str:
-        """x @ w.T for an [out, in] weight, int4 (MatMulNBits) or fp32 (MatMul)."""
+    def linear(self, name: str, x: str, w: np.ndarray, lora: tuple[int, str] | None = None) -> str:
+        """x @ w.T for an [out, in] weight, int4 (MatMulNBits) or fp32 (MatMul), plus a LoRA branch
+        (x @ A) @ B when LoRA is enabled and `lora` names the (layer, module)."""
         g, q = self.g, self.opt.quant
         if q is None:
-            return g.op("MatMul", [x, g.weight(f"{name}.weight", w.T)], name=name)
-        packed, scales = quantize_int4(w, q.block_size)
-        return g.op("MatMulNBits", [x, g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)],
-                    domain=MS, name=name, K=w.shape[1], N=w.shape[0], bits=q.bits,
-                    block_size=q.block_size, accuracy_level=q.accuracy_level)
+            y = g.op("MatMul", [x, g.weight(f"{name}.weight", w.T)], name=name)
+        else:
+            packed, scales = quantize_int4(w, q.block_size)
+            y = g.op("MatMulNBits", [x, g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)],
+                     domain=MS, name=name, K=w.shape[1], N=w.shape[0], bits=q.bits,
+                     block_size=q.block_size, accuracy_level=q.accuracy_level)
+        if self.opt.lora is None or lora is None:
+            return y
+        return g.op("Add", [y, self.lora_branch(x, *lora, *w.shape)], name=f"{name}.lora_add")
+
+    def layer_linear(self, layer: int, module: str, x: str) -> str:
+        """One of the per-layer linears, with its LoRA branch when LoRA is enabled."""
+        return self.linear(f"layers.{layer}.{module.split('.')[-1]}", x, self.w.linear(layer, module), (layer, module))
+
+    def lora_branch(self, x: str, layer: int, module: str, out_dim: int, in_dim: int) -> str:
+        """The adapter's A/B are graph inputs whose rank dimension is free, defaulting to empty
+        [in, 0] / [0, out] initializers: with no adapter the two MatMuls have rank 0 and cost nothing."""
+        g = self.g
+        onnx_type, np_type = LORA_DTYPES[self.opt.lora]
+        a, b = lora_names(layer, module)
+        rank = f"lora_rank_{layer}_{module.split('.')[-1]}"
+        g.input(a, onnx_type, [in_dim, rank])
+        g.input(b, onnx_type, [rank, out_dim])
+        g.const(a, np.zeros((in_dim, 0), np_type))
+        g.const(b, np.zeros((0, out_dim), np_type))
+        if np_type == np.float32:
+            return g.op("MatMul", [g.op("MatMul", [x, a]), b])
+        low = g.op("MatMul", [g.op("MatMul", [g.op("Cast", [x], to=onnx_type), a]), b])
+        return g.op("Cast", [low], to=TensorProto.FLOAT)
 
     def vocab_weight(self, name: str, key: str) -> tuple[str, str | None]:
         """A [vocab, hidden] matrix written once: (packed, scales) int4 names, or (fp32, None).
@@ -146,23 +181,23 @@ class DecoderBuilder:
             kv_shape = ["batch", cfg.num_kv_heads, "past_seq", cfg.head_dim]
             g.input(past_k, FLOAT, kv_shape)
             g.input(past_v, FLOAT, kv_shape)
-            qkv = self.linear(f"layers.{i}.qkv_proj", x, w.linear(i, "self_attn.qkv_proj"))
+            qkv = self.layer_linear(i, "self_attn.qkv_proj", x)
             attn = g.op("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total_len, cos, sin],
                         [f"layers.{i}.attn", present_k, present_v], domain=MS, name=f"layers.{i}.attn",
                         num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1,
                         rotary_interleaved=0, local_window_size=window)[0]
             for name in (present_k, present_v):
                 g.output(name, FLOAT, ["batch", cfg.num_kv_heads, "total_seq", cfg.head_dim])
-            o = self.linear(f"layers.{i}.o_proj", attn, w.linear(i, "self_attn.o_proj"))
+            o = self.layer_linear(i, "self_attn.o_proj", attn)
             x, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
                                      [o, residual, g.weight(f"layers.{i}.post_attention_layernorm",
                                                             w.norm(i, "post_attention_layernorm"))],
                                      [f"layers.{i}.attn_norm", "", "", f"layers.{i}.attn_residual"],
                                      domain=MS, epsilon=cfg.rms_norm_eps)
-            gate_up = self.linear(f"layers.{i}.gate_up_proj", x, w.linear(i, "mlp.gate_up_proj"))
+            gate_up = self.layer_linear(i, "mlp.gate_up_proj", x)
             gate, up = g.op("Split", [gate_up], 2, axis=-1, num_outputs=2)
             act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
-            down = self.linear(f"layers.{i}.down_proj", act, w.linear(i, "mlp.down_proj"))
+            down = self.layer_linear(i, "mlp.down_proj", act)
             last = i == cfg.num_layers - 1
             norm = w.norm(None) if last else w.norm(i + 1)
             x, _, _, residual = g.op("SkipSimplifiedLayerNormalization",

@@ -5,7 +5,7 @@
 - the original Phi-4-multimodal checkpoint, whose `vision` and `speech` LoRAs sit in the shards
   (`...qkv_proj.lora_A.vision.weight`) with r and alpha in config.json's `vision_lora`/`speech_lora`.
 
-Each adapter becomes, per (layer, module), A [r, in] and B [out, r] with the scale folded into B.
+Each adapter yields, per (layer, module), A [r, in] and B [out, r] with the scale folded into B.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -28,19 +29,29 @@ PHI4MM_ADAPTERS = {"vision": "vision_lora", "speech": "speech_lora"}
 
 @dataclass
 class LoraAdapter:
+    """One adapter's LoRA pairs, located but not yet read: tensors are loaded when written."""
+
     name: str
     source: str
-    weights: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = field(repr=False)   # A [r,in], scaled B [out,r]
+    ckpt: Checkpoint = field(repr=False)
+    pairs: dict[tuple[int, str], tuple[str, str]] = field(repr=False)   # (layer, module) -> A key, B key
+    scale: Callable[[int, str, int], float] = field(repr=False)        # (layer, module, rank) -> scale
     alpha: float = 0.0
     rslora: bool = False
 
     @property
-    def ranks(self) -> set[int]:
-        return {a.shape[0] for a, _ in self.weights.values()}
+    def ranks(self) -> list[int]:
+        return sorted({self.ckpt.shape(a)[0] for a, _ in self.pairs.values()})
 
     @property
     def modules(self) -> list[str]:
-        return sorted({m for _, m in self.weights})
+        return sorted({m for _, m in self.pairs})
+
+    def tensors(self) -> Iterator[tuple[int, str, np.ndarray, np.ndarray]]:
+        """(layer, module, A [r, in], B [out, r] with the scale folded in), one pair at a time."""
+        for (layer, module), (a_key, b_key) in sorted(self.pairs.items()):
+            a = self.ckpt.get(a_key)
+            yield layer, module, a, self.ckpt.get(b_key) * np.float32(self.scale(layer, module, a.shape[0]))
 
 
 def _scale(alpha: float, rank: int, rslora: bool) -> float:
@@ -58,31 +69,30 @@ def _pattern_value(patterns: dict, module_key: str, default):
 def check_fits(adapter: LoraAdapter, cfg: DecoderConfig) -> None:
     """Refuse an adapter whose modules or shapes do not fit the base model, naming the culprit."""
     shapes = linear_shapes(cfg)
-    for (layer, module), (a, b) in adapter.weights.items():
+    for (layer, module), (a_key, b_key) in sorted(adapter.pairs.items()):
         where = f"adapter '{adapter.name}' ({adapter.source}): layers.{layer}.{module}"
         if layer >= cfg.num_layers:
             raise CheckpointError(f"{where}: the base model has only {cfg.num_layers} layers")
+        a, b = adapter.ckpt.shape(a_key), adapter.ckpt.shape(b_key)
         out_dim, in_dim = shapes[module]
-        if a.shape[1] != in_dim or b.shape[0] != out_dim or a.shape[0] != b.shape[1]:
-            raise CheckpointError(f"{where}: lora_A {list(a.shape)} / lora_B {list(b.shape)} do not fit the base "
+        if len(a) != 2 or len(b) != 2 or a[1] != in_dim or b[0] != out_dim or a[0] != b[1]:
+            raise CheckpointError(f"{where}: lora_A {list(a)} / lora_B {list(b)} do not fit the base "
                                   f"module [out {out_dim}, in {in_dim}]")
 
 
-def _collect(pairs: dict[tuple[int, str], dict[str, np.ndarray]], name: str, source: str,
-             scale_for) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
-    weights = {}
-    for (layer, module), ab in sorted(pairs.items()):
+def _pairs(found: dict[tuple[int, str], dict[str, str]], name: str, source: str) -> dict[tuple[int, str], tuple[str, str]]:
+    pairs = {}
+    for (layer, module), ab in sorted(found.items()):
         if module not in LAYER_LINEARS:
             raise CheckpointError(f"adapter '{name}' ({source}): targets '{module}', but phi4edge applies LoRA to "
                                   f"{', '.join(LAYER_LINEARS)} only")
         if set(ab) != {"A", "B"}:
             raise CheckpointError(f"adapter '{name}' ({source}): layers.{layer}.{module} has lora_{''.join(ab)} "
                                   f"but not its pair")
-        a, b = ab["A"], ab["B"]
-        weights[layer, module] = (a, b * np.float32(scale_for(layer, module, a.shape[0])))
-    if not weights:
+        pairs[layer, module] = (ab["A"], ab["B"])
+    if not pairs:
         raise CheckpointError(f"adapter '{name}' ({source}): no LoRA weights found")
-    return weights
+    return pairs
 
 
 def read_peft(name: str, folder: str | Path) -> LoraAdapter:
@@ -101,40 +111,39 @@ def read_peft(name: str, folder: str | Path) -> LoraAdapter:
         if cfg.get(flag):
             raise CheckpointError(f"{cfg_path}: {flag}=true is not supported (plain LoRA only)")
     ckpt = Checkpoint(weights_path)
-    pairs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    found: dict[tuple[int, str], dict[str, str]] = {}
     for key in ckpt.keys():
         m = KEY.match(key)
         if m is None:
             raise CheckpointError(f"{weights_path}: tensor '{key}' is not a LoRA weight of a decoder layer "
                                   f"(phi4edge applies LoRA to {', '.join(LAYER_LINEARS)} only)")
         layer, module, which, _ = m.groups()
-        pairs.setdefault((int(layer), module), {})[which] = ckpt.get(key)
+        found.setdefault((int(layer), module), {})[which] = key
     alpha, rslora = float(cfg.get("lora_alpha", cfg.get("r", 8))), bool(cfg.get("use_rslora"))
 
     def scale_for(layer: int, module: str, rank: int) -> float:
         key = f"model.layers.{layer}.{module}"
         return _scale(float(_pattern_value(cfg.get("alpha_pattern"), key, alpha)), rank, rslora)
-    return LoraAdapter(name, str(folder), _collect(pairs, name, str(folder), scale_for), alpha, rslora)
+    return LoraAdapter(name, str(folder), ckpt, _pairs(found, name, str(folder)), scale_for, alpha, rslora)
 
 
 def read_phi4mm(ckpt: Checkpoint, raw_config: dict) -> list[LoraAdapter]:
     """The `vision` and `speech` LoRAs stored inside an original Phi-4-multimodal checkpoint."""
     adapters = []
     for name, field_name in PHI4MM_ADAPTERS.items():
-        pairs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+        found: dict[tuple[int, str], dict[str, str]] = {}
         for key in ckpt.keys():
             m = KEY.match(key)
             if m and m.group(4) == name:
-                pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = key
-        if not pairs:
+                found.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = key
+        if not found:
             continue
         settings = raw_config.get(field_name)
         if not settings or "lora_alpha" not in settings:
             raise CheckpointError(f"{ckpt.dir / 'config.json'}: '{field_name}' with lora_alpha is required for "
                                   f"the {name} LoRA found in the shards")
         alpha = float(settings["lora_alpha"])
-        loaded = {k: {w: ckpt.get(key) for w, key in ab.items()} for k, ab in pairs.items()}
-        adapters.append(LoraAdapter(name, f"{ckpt.dir} ({field_name})",
-                                    _collect(loaded, name, str(ckpt.dir), lambda l, m, r: _scale(alpha, r, False)),
-                                    alpha))
+        source = f"{ckpt.dir} ({field_name})"
+        adapters.append(LoraAdapter(name, source, ckpt, _pairs(found, name, source),
+                                    lambda layer, module, rank, alpha=alpha: _scale(alpha, rank, False), alpha))
     return adapters

@@ -22,6 +22,7 @@ class GenerationResult:
     prompt_token_ids: list[int]
     finish_reason: str                 # "stop" (an end token), "length" (max_new_tokens or context)
     timings: dict = field(default_factory=dict)
+    adapter: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -44,9 +45,18 @@ class Model:
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None) -> list[int]:
         return self.tokenizer.encode_prompt(prompt, chat_template, system)
 
-    def stream(self, prompt_ids: list[int], max_new_tokens: int = 256,
-               sampling: SamplingParams = SamplingParams(), timings: dict | None = None) -> Iterator[int]:
-        """Yield generated token ids (the end token included, as transformers does)."""
+    @property
+    def adapters(self) -> list[str]:
+        return self.decoder.adapters.names
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Register an .onnx_adapter file from outside the bundle (checked against this base at first use)."""
+        self.decoder.adapters.add(name, path)
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+               timings: dict | None = None, adapter: str | None = None) -> Iterator[int]:
+        """Yield generated token ids (the end token included, as transformers does), with the
+        LoRA `adapter` active (None: the base model)."""
         n = len(prompt_ids)
         if n == 0:
             raise BundleError("the prompt is empty")
@@ -57,6 +67,7 @@ class Model:
         if budget <= 0:
             return
         sample = Sampler(sampling)
+        self.decoder.use_adapter(adapter)
         self.decoder.reserve(n + budget)
         start = time.perf_counter()
         logits = self.decoder.forward(np.asarray(prompt_ids, np.int64))
@@ -85,18 +96,18 @@ class Model:
                            decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else None)
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
-                 chat_template: bool = True, system: str | None = None,
+                 chat_template: bool = True, system: str | None = None, adapter: str | None = None,
                  on_text: Callable[[str], None] | None = None) -> GenerationResult:
         prompt_ids = self.encode(prompt, chat_template, system) if isinstance(prompt, str) else list(prompt)
         timings: dict = {}
         text_stream = self.tokenizer.stream()
         ids: list[int] = []
-        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings):
+        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter):
             ids.append(token)
             if on_text is not None and (piece := text_stream.step(token)):
                 on_text(piece)
         finish = "stop" if ids and ids[-1] in self.eos_token_ids else "length"
-        return GenerationResult(self.tokenizer.decode(ids), ids, prompt_ids, finish, timings)
+        return GenerationResult(self.tokenizer.decode(ids), ids, prompt_ids, finish, timings, adapter)
 
 
 def load(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Model:

@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..models.errors import BundleError
+from .adapters import AdapterSet
 from .bundle import Bundle
 
 
@@ -36,6 +37,11 @@ class DecoderSession:
         self.binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         self.capacity = 0
         self.length = 0   # tokens already in the KV cache
+        self.adapters = AdapterSet(bundle, self.session)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost)."""
+        self.adapters.activate(self.binding, name)
 
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` tokens and start a new sequence (reallocates only to grow)."""

@@ -1,0 +1,36 @@
+"""LoRA adapters as `.onnx_adapter` files (onnxruntime's adapter format, read by
+`onnxruntime.LoraAdapter` and onnxruntime-genai's `Adapters`).
+
+Parameters are named after the decoder's LoRA graph inputs: A stored [in, r] and B stored [r, out]
+with the scale (alpha/r, or alpha/sqrt(r) for rsLoRA) already folded in. The file's model_version
+holds the base model's id, so an adapter exported for another base is refused at load.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..models.lora import LoraAdapter
+from ..runtime.adapters import ADAPTER_FORMAT_VERSION, base_model_version
+from .decoder import LORA_DTYPES, lora_names
+
+
+def write_adapter(adapter: LoraAdapter, path: Path, precision: str, base_id: str) -> dict:
+    """Write one adapter file; returns its manifest entry."""
+    np_type = LORA_DTYPES[precision][1]
+    params = {}
+    for layer, module, a, b in adapter.tensors():
+        a_name, b_name = lora_names(layer, module)
+        params[a_name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a.T, dtype=np_type))
+        params[b_name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(b.T, dtype=np_type))
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(ADAPTER_FORMAT_VERSION)
+    fmt.set_model_version(base_model_version(base_id))
+    fmt.set_parameters(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt.export_adapter(str(path))
+    return {"file": path.parent.name + "/" + path.name, "precision": precision, "ranks": adapter.ranks,
+            "alpha": adapter.alpha, "rslora": adapter.rslora, "modules": adapter.modules,
+            "layers": len({layer for layer, _ in adapter.pairs}), "source": adapter.source, "base_model": base_id}

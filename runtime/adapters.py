@@ -1,0 +1,98 @@
+"""Switching LoRA adapters per request without reloading anything.
+
+onnxruntime's own mechanism (RunOptions.add_active_adapter) is ignored by run_with_iobinding, which
+the decoder needs for its in-place KV cache; so the adapter's tensors are bound to the LoRA graph
+inputs directly. A file is read (onnxruntime memory-maps it) the first time a request names it;
+switching afterwards only rebinds a few hundred already-loaded tensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..models.errors import BundleError
+
+ADAPTER_FORMAT_VERSION = 1
+
+
+def base_model_version(base_id: str) -> int:
+    """The base model id as the int that .onnx_adapter files keep in model_version (28 bits)."""
+    return int(base_id[:7], 16)
+
+
+class AdapterSet:
+    def __init__(self, bundle, session: ort.InferenceSession):
+        self.bundle = bundle
+        self.inputs = {i.name: i for i in session.get_inputs() if i.name.startswith("lora.")}
+        self.files = {name: bundle.path / e["file"] for name, e in bundle.manifest.get("adapters", {}).items()}
+        self.base_id = bundle.manifest["model"].get("base_id", "")
+        self.empty = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros([0 if isinstance(d, str) else d for d in i.shape],
+                                                                      self._dtype(i)))
+                      for name, i in self.inputs.items()}
+        self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}
+        self.active: str | None = None
+
+    @staticmethod
+    def _dtype(inp) -> type:
+        return np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def add(self, name: str, path: str | Path) -> None:
+        """Make an adapter file outside the bundle available under `name` (checked when first used)."""
+        if not self.inputs:
+            raise BundleError(f"{self.bundle.path}: exported without LoRA support; re-export with --adapter or --lora")
+        self.files[name] = Path(path)
+        self._loaded.pop(name, None)
+
+    def load(self, name: str) -> dict[str, ort.OrtValue]:
+        if name in self._loaded:
+            return self._loaded[name][1]
+        if name not in self.files:
+            have = ", ".join(self.names) or "none"
+            raise BundleError(f"adapter '{name}' is not in this bundle (adapters: {have})")
+        path = self.files[name]
+        if not path.is_file():
+            raise BundleError(f"{path}: adapter file missing")
+        try:
+            reader = ort.AdapterFormat.read_adapter(str(path))
+        except Exception as e:   # onnxruntime raises its own error types for a corrupt file
+            raise BundleError(f"{path}: not a readable .onnx_adapter file ({e})") from None
+        if reader.get_model_version() != base_model_version(self.base_id):
+            raise BundleError(f"{path}: adapter '{name}' was exported for another base model "
+                              f"(model_version {reader.get_model_version()}, this bundle is "
+                              f"{base_model_version(self.base_id)})")
+        params = reader.get_parameters()
+        for pname, value in params.items():
+            self._check(name, pname, value)
+        self._loaded[name] = (reader, params)   # the reader owns the mapped file the values point into
+        return params
+
+    def _check(self, name: str, pname: str, value: ort.OrtValue) -> None:
+        inp = self.inputs.get(pname)
+        if inp is None:
+            raise BundleError(f"adapter '{name}': tensor '{pname}' matches no LoRA input of this decoder")
+        shape, want = value.shape(), inp.shape
+        fixed_ok = all(isinstance(w, str) or w == s for w, s in zip(want, shape))
+        if len(shape) != 2 or not fixed_ok:
+            module = pname.rsplit(".", 1)[0].removeprefix("lora.")
+            raise BundleError(f"adapter '{name}': {module} {pname[-1]} has shape {shape}, the base expects "
+                              f"{['r' if isinstance(w, str) else w for w in want]}")
+        if value.data_type() != inp.type:
+            raise BundleError(f"adapter '{name}': '{pname}' is {value.data_type()}, this decoder takes {inp.type} "
+                              f"(re-export the adapter with the bundle's --adapter-precision)")
+
+    def activate(self, binding: ort.IOBinding, name: str | None) -> None:
+        """Bind `name`'s tensors (or the empty rank-0 defaults for None) to the LoRA inputs."""
+        if name == self.active:
+            return
+        if name is not None and not self.inputs:
+            raise BundleError(f"{self.bundle.path}: exported without LoRA support, so adapter '{name}' cannot run")
+        values = self.load(name) if name is not None else {}
+        for pname in self.inputs:
+            binding.bind_ortvalue_input(pname, values.get(pname, self.empty[pname]))
+        self.active = name
