@@ -25,7 +25,8 @@ def base_model_version(base_id: str) -> int:
 class AdapterSet:
     def __init__(self, bundle, session: ort.InferenceSession):
         self.bundle = bundle
-        self.inputs = {i.name: i for i in session.get_inputs() if i.name.startswith("lora.")}
+        # inputs with initializer defaults are listed as overridable initializers, not inputs
+        self.inputs = {i.name: i for i in session.get_overridable_initializers() if i.name.startswith("lora.")}
         self.files = {name: bundle.path / e["file"] for name, e in bundle.manifest.get("adapters", {}).items()}
         self.base_id = bundle.manifest["model"].get("base_id", "")
         self.empty = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros([0 if isinstance(d, str) else d for d in i.shape],

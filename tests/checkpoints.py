@@ -74,3 +74,40 @@ def make_phi3(path: Path, config: Phi3Config, dtype=torch.bfloat16, shard_size="
 def load_reference(path: Path) -> Phi3ForCausalLM:
     """The checkpoint as transformers reads it, in float32 (the numbers our fp32 bundle must match)."""
     return Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def peft_model(base: Phi3ForCausalLM, adapters: dict[str, dict], seed: int = 0):
+    """A PeftModel with named LoRA adapters, their weights random (B too, so each adapter changes the
+    answers) but moderate. Each spec: LoraConfig kwargs (r, lora_alpha, target_modules, ...)."""
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(seed)
+    model = None
+    for name, spec in adapters.items():
+        cfg = LoraConfig(init_lora_weights=False, **spec)
+        if model is None:
+            model = get_peft_model(base, cfg, adapter_name=name)
+        else:
+            model.add_adapter(name, cfg)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "lora_B" in pname:
+                p.mul_(0.3)
+    return model.eval()
+
+
+def save_peft_adapter(model, name: str, path: Path, prefix: bool = True) -> Path:
+    """One adapter of a PeftModel as PEFT saves it (optionally without the base_model.model. prefix)."""
+    import json as _json
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    if not prefix:
+        state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
+    config = model.peft_config[name].to_dict()
+    config["target_modules"] = sorted(config["target_modules"]) if isinstance(config["target_modules"], set) \
+        else config["target_modules"]
+    (path / "adapter_config.json").write_text(_json.dumps(config, default=str))
+    return path

@@ -1,0 +1,201 @@
+"""LoRA adapters against peft: same greedy tokens with each adapter, base tokens without, switched
+per request in one process; adapters from PEFT folders and from Phi-4-multimodal checkpoints."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from phi4edge.export import export_model
+from phi4edge.models.errors import BundleError, CheckpointError
+from phi4edge.runtime.cli import main
+from phi4edge.runtime.generate import load
+
+from .checkpoints import load_reference, make_phi3, peft_model, phi3_config, save_peft_adapter
+
+ALL = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+PROMPTS = ["Count from two.", "Count from five.", "Explain GQA in one paragraph."]
+
+
+def greedy(model, ids: list[int], n: int = 12) -> list[int]:
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=[0, 4], pad_token_id=0,
+                         attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    return out[0, len(ids):].tolist()
+
+
+@pytest.fixture(scope="module")
+def two_adapters(checkpoints, tmp_path_factory):
+    """A tiny Phi-3 with two PEFT adapters of different ranks, target spellings and scalings."""
+    root = tmp_path_factory.mktemp("peft")
+    ck = checkpoints["phi4mini"]
+    specs = {"style": dict(r=8, lora_alpha=16, target_modules=ALL),
+             "terse": dict(r=16, lora_alpha=8, target_modules=r".*\.(qkv_proj|down_proj)", use_rslora=True,
+                           alpha_pattern={"down_proj": 24})}
+    pm = peft_model(load_reference(ck), specs)
+    dirs = {"style": save_peft_adapter(pm, "style", root / "style"),
+            "terse": save_peft_adapter(pm, "terse", root / "terse", prefix=False)}
+    bundle = export_model(ck, root / "bundle", precision="fp32", show_progress=False,
+                          adapters={k: str(v) for k, v in dirs.items()})
+    return pm, dirs, bundle
+
+
+def test_adapters_match_peft_and_switch_per_request(two_adapters):
+    pm, _, bundle = two_adapters
+    model = load(bundle)
+    assert model.adapters == ["style", "terse"]
+    expected = {}
+    for name in ("style", "terse"):
+        pm.set_adapter(name)
+        expected[name] = [greedy(pm, model.encode(p)) for p in PROMPTS]
+    with pm.disable_adapter():
+        expected[None] = [greedy(pm, model.encode(p)) for p in PROMPTS]
+    assert expected["style"] != expected[None] and expected["terse"] != expected[None]
+    # alternate requests in one process: base, adapter, other adapter, base, ...
+    for name in (None, "style", "terse", None, "terse", "style", None):
+        got = [model.generate(p, max_new_tokens=12, adapter=name).token_ids for p in PROMPTS]
+        assert got == expected[name], f"adapter {name}"
+
+
+def test_adapter_files_and_manifest(two_adapters):
+    _, _, bundle = two_adapters
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    style, terse = manifest["adapters"]["style"], manifest["adapters"]["terse"]
+    assert style["ranks"] == [8] and terse["ranks"] == [16] and terse["rslora"]
+    assert terse["modules"] == ["mlp.down_proj", "self_attn.qkv_proj"]
+    assert (bundle / style["file"]).is_file() and style["file"] == "adapters/style.onnx_adapter"
+    assert manifest["files"]["adapters/style.onnx_adapter"]["size"] == (bundle / style["file"]).stat().st_size
+
+
+def test_onnxruntime_lora_adapter_reads_our_files(two_adapters):
+    """Interop: onnxruntime's own LoraAdapter + RunOptions drives our graph to the same logits."""
+    _, _, bundle = two_adapters
+    model = load(bundle)
+    ids = np.asarray(model.encode("Count from two."), np.int64)
+    model.decoder.use_adapter("style")
+    model.decoder.reserve(len(ids))
+    ours = model.decoder.forward(ids).copy()
+    sess = ort.InferenceSession(str(bundle / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    adapter = ort.LoraAdapter()
+    adapter.Load(str(bundle / "adapters" / "style.onnx_adapter"))
+    opts = ort.RunOptions()
+    opts.add_active_adapter(adapter)
+    cfg = model.bundle.config
+    empty = np.zeros((1, cfg["num_kv_heads"], 0, cfg["head_dim"]), np.float32)
+    feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64)}
+    feeds |= {f"past_key_values.{i}.{k}": empty for i in range(cfg["num_layers"]) for k in ("key", "value")}
+    theirs = sess.run(["logits"], feeds, opts)[0][0, 0]
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_cli_run_with_adapter_reports_it(two_adapters):
+    _, _, bundle = two_adapters
+    for flag, expected in ((["--adapter", "terse"], "terse"), ([], None)):
+        result = CliRunner().invoke(main, ["run", str(bundle), "--prompt", "Count from two.", "--json",
+                                           "--max-new-tokens", "4", *flag])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout.strip().splitlines()[-1])["adapter"] == expected
+    bad = CliRunner().invoke(main, ["run", str(bundle), "--prompt", "hi", "--adapter", "nope"])
+    assert bad.exit_code != 0 and "adapter 'nope' is not in this bundle (adapters: style, terse)" in bad.output
+
+
+def test_fp16_adapters_are_half_the_size_and_close(two_adapters, checkpoints, tmp_path):
+    pm, dirs, bundle32 = two_adapters
+    bundle16 = export_model(checkpoints["phi4mini"], tmp_path / "b16", precision="fp32", show_progress=False,
+                            adapters={k: str(v) for k, v in dirs.items()}, adapter_precision="fp16")
+    size = lambda b: (b / "adapters" / "style.onnx_adapter").stat().st_size
+    assert size(bundle16) < 0.55 * size(bundle32)
+    m16, m32 = load(bundle16), load(bundle32)
+    for p in PROMPTS:
+        ids = m32.encode(p)
+        assert m16.generate(ids, max_new_tokens=6, adapter="style").token_ids == \
+            m32.generate(ids, max_new_tokens=6, adapter="style").token_ids
+
+
+def _phi4mm_checkpoint(base_ckpt: Path, out: Path, in_shards: bool) -> tuple[object, Path]:
+    """A Phi-4-multimodal-style checkpoint around a tiny Phi-3 LM with `vision` (r=8) and `speech`
+    (r=12) LoRAs: in the shards as PEFT wraps them (original layout), or in vision-lora/ and
+    speech-lora/ (transformers-native layout)."""
+    specs = {"vision": dict(r=8, lora_alpha=16, target_modules=ALL),
+             "speech": dict(r=12, lora_alpha=24, target_modules=ALL)}
+    pm = peft_model(load_reference(base_ckpt), specs, seed=3)
+    out.mkdir(parents=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(base_ckpt / f, out / f)
+    cfg = json.loads((base_ckpt / "config.json").read_text())
+    if in_shards:
+        state = {k: v.contiguous() for k, v in pm.base_model.model.state_dict().items() if k != "lm_head.weight"}
+        assert any(".base_layer." in k for k in state) and any("lora_A.speech" in k for k in state)
+        save_file(state, str(out / "model.safetensors"))
+        cfg |= {"architectures": ["Phi4MMForCausalLM"], "model_type": "phi4mm",
+                "vision_lora": {"r": 8, "lora_alpha": 16, "layer": "layers.*((self_attn\\.(qkv_proj|o_proj))|(mlp\\.(gate_up|down)_proj))"},
+                "speech_lora": {"r": 12, "lora_alpha": 24, "layer": "((layers.*self_attn\\.(qkv|o)_proj)|(layers.*mlp\\.(gate_up|down)_proj))"}}
+    else:
+        for f in base_ckpt.glob("model*"):
+            shutil.copy(f, out / f.name)
+        for name in specs:
+            save_peft_adapter(pm, name, out / f"{name}-lora")
+        cfg |= {"architectures": ["Phi4MultimodalForCausalLM"], "model_type": "phi4_multimodal"}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return pm, out
+
+
+@pytest.mark.parametrize("in_shards", [True, False], ids=["original-layout", "lora-subfolders"])
+def test_phi4mm_checkpoint_brings_vision_and_speech_adapters(in_shards, checkpoints, tmp_path):
+    pm, ck = _phi4mm_checkpoint(checkpoints["phi4mini"], tmp_path / "ck", in_shards)
+    bundle = export_model(ck, tmp_path / "bundle", precision="fp32", show_progress=False)
+    model = load(bundle)
+    assert model.adapters == ["speech", "vision"]
+    entries = json.loads((bundle / "manifest.json").read_text())["adapters"]
+    assert entries["vision"]["ranks"] == [8] and entries["speech"]["ranks"] == [12]
+    for name in ("vision", "speech", None):
+        if name:
+            pm.set_adapter(name)
+            expected = [greedy(pm, model.encode(p)) for p in PROMPTS]
+        else:
+            with pm.disable_adapter():
+                expected = [greedy(pm, model.encode(p)) for p in PROMPTS]
+        assert [model.generate(p, max_new_tokens=12, adapter=name).token_ids for p in PROMPTS] == expected
+
+
+def test_adapter_that_does_not_fit_is_refused_at_export(checkpoints, tmp_path):
+    other = make_phi3(tmp_path / "other", phi3_config(hidden=128, heads=2, kv_heads=1, intermediate=200, vocab=997),
+                      train_steps=0)
+    pm = peft_model(load_reference(other), {"x": dict(r=4, lora_alpha=8, target_modules=ALL)})
+    adapter = save_peft_adapter(pm, "x", tmp_path / "x")
+    with pytest.raises(CheckpointError, match=r"layers\.0\.mlp\.down_proj.*lora_A \[4, 200\].*\[out 256, in 344\]"):
+        export_model(checkpoints["phi4mini"], tmp_path / "b", show_progress=False, adapters={"x": adapter})
+    assert not (tmp_path / "b").exists()
+    pm = peft_model(load_reference(checkpoints["phi4mini"]), {"e": dict(r=4, lora_alpha=8, target_modules=["embed_tokens"])})
+    adapter = save_peft_adapter(pm, "e", tmp_path / "e")
+    with pytest.raises(CheckpointError, match="embed_tokens"):
+        export_model(checkpoints["phi4mini"], tmp_path / "b", show_progress=False, adapters={"e": adapter})
+
+
+def test_adapter_for_another_base_is_refused_at_load(two_adapters, checkpoints, tmp_path):
+    """Same shapes, different weights: the adapter's recorded base id gives it away."""
+    _, _, bundle = two_adapters
+    other_ck = make_phi3(tmp_path / "other", phi3_config(), seed=9, train_steps=0)
+    other = load(export_model(other_ck, tmp_path / "ob", precision="fp32", show_progress=False, lora=True))
+    other.add_adapter("style", bundle / "adapters" / "style.onnx_adapter")
+    with pytest.raises(BundleError, match="exported for another base model"):
+        other.generate("hi", max_new_tokens=2, adapter="style")
+    plain = load(export_model(other_ck, tmp_path / "plain", precision="fp32", show_progress=False))
+    with pytest.raises(BundleError, match="without LoRA support"):
+        plain.add_adapter("style", bundle / "adapters" / "style.onnx_adapter")
+
+
+def test_adapter_of_wrong_precision_is_refused_at_load(two_adapters, checkpoints, tmp_path):
+    pm, dirs, bundle32 = two_adapters
+    bundle16 = export_model(checkpoints["phi4mini"], tmp_path / "b16", precision="fp32", show_progress=False,
+                            adapters={"style": str(dirs["style"])}, adapter_precision="fp16")
+    model = load(bundle32)
+    model.add_adapter("half", bundle16 / "adapters" / "style.onnx_adapter")
+    with pytest.raises(BundleError, match="float16"):
+        model.generate("hi", max_new_tokens=2, adapter="half")
