@@ -99,11 +99,38 @@ def write(out: Path, preset: str, layers: int | None = None, shard_bytes: int = 
     return out
 
 
+def write_peft_adapter(out: Path, checkpoint: Path, rank: int, alpha: float | None = None, seed: int = 1) -> Path:
+    """A random PEFT LoRA adapter (all four layer linears, every layer) for a checkpoint written above,
+    e.g. rank 320 like Phi-4-multimodal's speech LoRA."""
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    h, f = cfg["hidden_size"], cfg["intermediate_size"]
+    qkv = (cfg["num_attention_heads"] + 2 * cfg["num_key_value_heads"]) * (h // cfg["num_attention_heads"])
+    dims = {"self_attn.qkv_proj": (qkv, h), "self_attn.o_proj": (h, h), "mlp.gate_up_proj": (2 * f, h),
+            "mlp.down_proj": (h, f)}
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(cfg["num_hidden_layers"]):
+        for module, (o, n) in dims.items():
+            key = f"base_model.model.model.layers.{i}.{module}"
+            tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, n), np.float32) * 0.01).astype(ml_dtypes.bfloat16)
+            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((o, rank), np.float32) * 0.01).astype(ml_dtypes.bfloat16)
+    out.mkdir(parents=True, exist_ok=False)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": alpha or 2 * rank, "base_model_name_or_path": str(checkpoint),
+        "target_modules": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]}))
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--output", required=True, type=Path)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="phi4-mini")
     ap.add_argument("--layers", type=int, default=None, help="override the number of layers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lora-rank", type=int, default=0, help="also write a random PEFT adapter of this rank "
+                    "to OUTPUT-lora-rRANK")
     a = ap.parse_args()
     print(write(a.output, a.preset, a.layers, seed=a.seed))
+    if a.lora_rank:
+        print(write_peft_adapter(a.output.with_name(f"{a.output.name}-lora-r{a.lora_rank}"), a.output, a.lora_rank))

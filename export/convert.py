@@ -20,6 +20,7 @@ from ..quant import QuantConfig
 from .adapters import write_adapter
 from .bundle import staging, write_manifest
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
+from .genai_config import genai_config
 from .graph import Graph, WeightFile
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -104,6 +105,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         for name in TOKENIZER_FILES + ("config.json",):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
+        stop_ids = stop_token_ids(model_dir, cfg, tokenizer)
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(cfg, stop_ids), indent=2))
         write_manifest(tmp, {
             "created_by": f"phi4edge {version('phi4edge')}",
             "model": {"family": "phi3", "source": model_dir.resolve().name, "base_id": base_id,
@@ -114,6 +117,6 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position",
                         "lora": lora_dtype},
             "adapters": adapter_entries,
-            "generation": {"eos_token_ids": stop_token_ids(model_dir, cfg, tokenizer)},
+            "generation": {"eos_token_ids": stop_ids},
         })
     return out_dir

@@ -2,8 +2,8 @@
 
 onnxruntime's own mechanism (RunOptions.add_active_adapter) is ignored by run_with_iobinding, which
 the decoder needs for its in-place KV cache; so the adapter's tensors are bound to the LoRA graph
-inputs directly. A file is read (onnxruntime memory-maps it) the first time a request names it;
-switching afterwards only rebinds a few hundred already-loaded tensors.
+inputs directly. A file is memory-mapped the first time a request names it (pages come in as the
+tensors are first used); switching afterwards only rebinds a few hundred tensors.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..models.errors import BundleError
+from .adapter_file import read_mapped
 
 ADAPTER_FORMAT_VERSION = 1
 
@@ -32,7 +33,7 @@ class AdapterSet:
         self.empty = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros([0 if isinstance(d, str) else d for d in i.shape],
                                                                       self._dtype(i)))
                       for name, i in self.inputs.items()}
-        self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}
+        self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}   # name -> (mapping, values)
         self.active: str | None = None
 
     @staticmethod
@@ -42,6 +43,11 @@ class AdapterSet:
     @property
     def names(self) -> list[str]:
         return sorted(self.files)
+
+    @property
+    def loaded(self) -> list[str]:
+        """Adapters whose files have been mapped so far (loading is lazy)."""
+        return sorted(self._loaded)
 
     def add(self, name: str, path: str | Path) -> None:
         """Make an adapter file outside the bundle available under `name` (checked when first used)."""
@@ -60,17 +66,16 @@ class AdapterSet:
         if not path.is_file():
             raise BundleError(f"{path}: adapter file missing")
         try:
-            reader = ort.AdapterFormat.read_adapter(str(path))
-        except Exception as e:   # onnxruntime raises its own error types for a corrupt file
+            model_version, arrays, mapping = read_mapped(path)
+        except (ValueError, IndexError, OSError) as e:
             raise BundleError(f"{path}: not a readable .onnx_adapter file ({e})") from None
-        if reader.get_model_version() != base_model_version(self.base_id):
+        if model_version != base_model_version(self.base_id):
             raise BundleError(f"{path}: adapter '{name}' was exported for another base model "
-                              f"(model_version {reader.get_model_version()}, this bundle is "
-                              f"{base_model_version(self.base_id)})")
-        params = reader.get_parameters()
+                              f"(model_version {model_version}, this bundle is {base_model_version(self.base_id)})")
+        params = {pname: ort.OrtValue.ortvalue_from_numpy(arr) for pname, arr in arrays.items()}
         for pname, value in params.items():
             self._check(name, pname, value)
-        self._loaded[name] = (reader, params)   # the reader owns the mapped file the values point into
+        self._loaded[name] = (mapping, params)   # the values point into the mapping: keep it open
         return params
 
     def _check(self, name: str, pname: str, value: ort.OrtValue) -> None:

@@ -199,3 +199,68 @@ def test_adapter_of_wrong_precision_is_refused_at_load(two_adapters, checkpoints
     model.add_adapter("half", bundle16 / "adapters" / "style.onnx_adapter")
     with pytest.raises(BundleError, match="float16"):
         model.generate("hi", max_new_tokens=2, adapter="half")
+
+
+def test_onnxruntime_genai_runs_our_bundle_and_adapters(two_adapters):
+    """Interop: onnxruntime-genai loads the bundle (genai_config.json) and our .onnx_adapter files,
+    and generates the same greedy tokens as our runtime, with and without an adapter."""
+    import onnxruntime_genai as og   # a test dependency: interop is a feature, never skipped
+    _, _, bundle = two_adapters
+    ours = load(bundle)
+    model = og.Model(str(bundle))
+    adapters = og.Adapters(model)
+    adapters.load(str(bundle / "adapters" / "terse.onnx_adapter"), "terse")
+    for prompt in PROMPTS:
+        ids = ours.encode(prompt)
+        for name in (None, "terse"):
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ids) + 10, do_sample=False)
+            gen = og.Generator(model, params)
+            if name:
+                gen.set_active_adapter(adapters, name)
+            gen.append_tokens(ids)
+            theirs = []
+            while not gen.is_done() and len(theirs) < 10:
+                gen.generate_next_token()
+                theirs.append(int(gen.get_next_tokens()[0]))
+            assert theirs == ours.generate(ids, max_new_tokens=10, adapter=name).token_ids[:len(theirs)]
+
+
+def test_adapter_files_are_mapped_lazily_and_read_like_onnxruntime(two_adapters, tmp_path):
+    from phi4edge.runtime.adapter_file import read_mapped
+    _, _, bundle = two_adapters
+    path = bundle / "adapters" / "terse.onnx_adapter"
+    version, arrays, _mapping = read_mapped(path)
+    theirs = ort.AdapterFormat.read_adapter(str(path))
+    assert version == theirs.get_model_version()
+    expected = theirs.get_parameters()
+    assert set(arrays) == set(expected)
+    for name, arr in arrays.items():
+        assert not arr.flags.writeable and not arr.flags.owndata   # a view of the mapped file
+        np.testing.assert_array_equal(arr, expected[name].numpy())
+    model = load(bundle)
+    assert model.decoder.adapters.loaded == []
+    model.generate("Count from two.", max_new_tokens=2, adapter="terse")
+    assert model.decoder.adapters.loaded == ["terse"]
+    bad = tmp_path / "bad.onnx_adapter"
+    bad.write_bytes(b"\x00" * 64)
+    model.add_adapter("bad", bad)
+    with pytest.raises(BundleError, match="not a readable .onnx_adapter file"):
+        model.generate("hi", max_new_tokens=2, adapter="bad")
+
+
+def test_adapter_with_wrong_shapes_is_refused_at_load(two_adapters, tmp_path):
+    """A file that claims this base but whose tensors do not fit names the module and shapes."""
+    from phi4edge.runtime.adapters import base_model_version
+    _, _, bundle = two_adapters
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(base_model_version(manifest["model"]["base_id"]))
+    fmt.set_parameters({"lora.layers.1.o_proj.A": ort.OrtValue.ortvalue_from_numpy(np.zeros((100, 4), np.float32)),
+                        "lora.layers.1.o_proj.B": ort.OrtValue.ortvalue_from_numpy(np.zeros((4, 256), np.float32))})
+    fmt.export_adapter(str(tmp_path / "wrong.onnx_adapter"))
+    model = load(bundle)
+    model.add_adapter("wrong", tmp_path / "wrong.onnx_adapter")
+    with pytest.raises(BundleError, match=r"layers\.1\.o_proj A has shape \[100, 4\], the base expects \[256, 'r'\]"):
+        model.generate("hi", max_new_tokens=2, adapter="wrong")
