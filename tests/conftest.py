@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from .torchvision_standin import install as _install_torchvision_standin
+
+_install_torchvision_standin()   # before transformers is imported (it checks for torchvision once)
+
 from phi4edge.export import export_model
 
 from .checkpoints import make_phi3, phi3_config
