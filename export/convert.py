@@ -16,11 +16,13 @@ from ..models.config import DecoderConfig, load_config
 from ..models.errors import CheckpointError
 from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, read_phi4mm
 from ..models.phi3 import Phi3Weights
+from ..models.phi4mm import VisionWeights, has_vision
 from ..quant import QuantConfig
 from .adapters import write_adapter
 from .bundle import staging, write_manifest
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .genai_config import genai_config
+from .vision import VisionBuilder
 from .graph import Graph, WeightFile
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -64,6 +66,19 @@ def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: 
     return found
 
 
+def export_vision(ckpt: Checkpoint, cfg: DecoderConfig, quant: QuantConfig | None, out: Path,
+                  show_progress: bool) -> dict:
+    """vision.onnx (+ its own weight file); returns its manifest entry."""
+    weights = VisionWeights(ckpt, cfg.raw, cfg.hidden_size)
+    data = WeightFile(out / "vision.onnx.data")
+    graph = Graph("phi4mm_vision", data)
+    with tqdm(total=weights.cfg.num_layers, desc="export vision", unit="layer", disable=not show_progress) as bar:
+        VisionBuilder(graph, weights, quant).build(lambda _: bar.update())
+    data.close()
+    onnx.save_model(graph.model(), out / "vision.onnx")
+    return {"graph": "vision.onnx", "config": weights.cfg.to_json()}
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
@@ -97,6 +112,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         with tqdm(total=cfg.num_layers, desc="export decoder", unit="layer", disable=not show_progress) as bar:
             DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype)).build(lambda _: bar.update())
         data.close()
+        vision = export_vision(ckpt, cfg, quant, tmp, show_progress) if has_vision(ckpt) else None
         adapter_entries = {}
         for adapter in tqdm(loras, desc="export adapters", unit="adapter", disable=not show_progress or not loras):
             adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
@@ -117,6 +133,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position",
                         "lora": lora_dtype},
             "adapters": adapter_entries,
+            **({"vision": vision} if vision else {}),
             "generation": {"eos_token_ids": stop_ids},
         })
     return out_dir

@@ -48,6 +48,7 @@ class Graph:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._count = 0
+        self._consts: set[str] = set()
 
     def input(self, name: str, dtype: int, shape: list) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
@@ -63,8 +64,10 @@ class Graph:
         return name
 
     def const(self, name: str, array) -> str:
-        """A small constant kept inside the graph (shapes, axes)."""
-        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        """A small constant kept inside the graph (shapes, axes); one initializer per name."""
+        if name not in self._consts:
+            self._consts.add(name)
+            self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1,

@@ -111,3 +111,38 @@ def save_peft_adapter(model, name: str, path: Path, prefix: bool = True) -> Path
         else config["target_modules"]
     (path / "adapter_config.json").write_text(_json.dumps(config, default=str))
     return path
+
+
+def phi4mm_config(**text):
+    """A tiny Phi4MultimodalConfig: the phi4mini-like LM plus shrunk vision and audio encoders.
+    Vision head_dim is 72 as in SigLIP-so400m (original-layout checkpoints imply heads from it);
+    image/audio placeholder ids are the test tokenizer's <|endoftext10|>/<|endoftext11|> (7, 8)."""
+    from transformers import Phi4MultimodalConfig
+    base = phi3_config(**text).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "original_max_position_embeddings",
+            "rope_parameters", "bos_token_id", "eos_token_id", "pad_token_id")
+    return Phi4MultimodalConfig(
+        **{k: base[k] for k in keep}, tie_word_embeddings=True,
+        vision_config=dict(hidden_size=144, intermediate_size=160, num_hidden_layers=3, num_attention_heads=2,
+                           image_token_id=7),
+        audio_config=dict(hidden_size=64, intermediate_size=96, num_blocks=2, num_attention_heads=2,
+                          ext_pw_out_channel=64, depthwise_separable_out_channel=64, nemo_conv_channels=32,
+                          audio_token_id=8, bias_max_distance=50))
+
+
+def make_phi4mm(path: Path, seed: int = 0) -> Path:
+    """A random tiny Phi-4-multimodal in the transformers-native layout (no adapters)."""
+    from transformers import Phi4MultimodalForCausalLM
+    torch.manual_seed(seed)
+    model = Phi4MultimodalForCausalLM(phi4mm_config())
+    # Default init gives the random vision tower attention scores of +-750: saturated softmaxes whose
+    # near-ties turn float32 rounding into 1e-3 differences. A trained SigLIP's scores are O(10).
+    with torch.no_grad():
+        for layer in model.model.embed_tokens_extend.image_embed.img_processor.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(0.1)
+            layer.self_attn.k_proj.weight.mul_(0.1)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, max_shard_size="2MB")
+    save_tokenizer(train_tokenizer(400), path, model.config.max_position_embeddings)
+    return path
