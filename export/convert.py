@@ -66,10 +66,8 @@ def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: 
     return found
 
 
-def export_vision(ckpt: Checkpoint, cfg: DecoderConfig, quant: QuantConfig | None, out: Path,
-                  show_progress: bool) -> dict:
+def export_vision(weights: VisionWeights, quant: QuantConfig | None, out: Path, show_progress: bool) -> dict:
     """vision.onnx (+ its own weight file); returns its manifest entry."""
-    weights = VisionWeights(ckpt, cfg.raw, cfg.hidden_size)
     data = WeightFile(out / "vision.onnx.data")
     graph = Graph("phi4mm_vision", data)
     with tqdm(total=weights.cfg.num_layers, desc="export vision", unit="layer", disable=not show_progress) as bar:
@@ -105,14 +103,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     loras = find_adapters(model_dir, ckpt, cfg, {k: Path(v) for k, v in (adapters or {}).items()})
     lora_dtype = adapter_precision if (loras or lora) else None
     base_id = base_model_id(cfg, weights)
+    vision_weights = VisionWeights(ckpt, cfg.raw, cfg.hidden_size) if has_vision(ckpt) else None
+    media = (("image_features", vision_weights.cfg.image_token_id),) if vision_weights else ()
 
     with staging(out_dir, force) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
         graph = Graph("phi3_decoder", data)
         with tqdm(total=cfg.num_layers, desc="export decoder", unit="layer", disable=not show_progress) as bar:
-            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype)).build(lambda _: bar.update())
+            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: bar.update())
         data.close()
-        vision = export_vision(ckpt, cfg, quant, tmp, show_progress) if has_vision(ckpt) else None
+        vision = export_vision(vision_weights, quant, tmp, show_progress) if vision_weights else None
         adapter_entries = {}
         for adapter in tqdm(loras, desc="export adapters", unit="adapter", disable=not show_progress or not loras):
             adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
@@ -131,7 +131,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                              "tied_embeddings": "one int4 tensor for embedding and LM head"
                              if quant and cfg.tie_word_embeddings else None},
             "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position",
-                        "lora": lora_dtype},
+                        "lora": lora_dtype, "media": {name: token for name, token in media}},
             "adapters": adapter_entries,
             **({"vision": vision} if vision else {}),
             "generation": {"eos_token_ids": stop_ids},

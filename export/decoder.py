@@ -39,6 +39,7 @@ class DecoderOptions:
     quant: QuantConfig | None = QuantConfig()   # None: fp32 weights (parity checks)
     inputs_embeds: bool = False                 # take embeddings instead of token ids
     lora: str | None = None                     # LoRA inputs on every layer linear, in this precision
+    media: tuple[tuple[str, int], ...] = ()     # (features input, placeholder token id): image/audio
 
 
 def lora_names(layer: int, module: str) -> tuple[str, str]:
@@ -121,13 +122,27 @@ class DecoderBuilder:
         ids = g.input("input_ids", TensorProto.INT64, ["batch", "seq"])
         data, scales = table
         if q is None:
-            return g.op("Gather", [data, ids], name="embed_tokens")
-        # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
-        # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
-        scales3 = g.op("Reshape", [scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
-        rows = g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name="embed_tokens",
-                    gather_axis=0, quantize_axis=2, block_size=q.block_size, bits=q.bits)
-        return g.op("Reshape", [rows, g.const("embed_shape", np.array([0, 0, -1]))])
+            embeds = g.op("Gather", [data, ids], name="embed_tokens")
+        else:
+            # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
+            # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
+            scales3 = g.op("Reshape", [scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
+            rows = g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name="embed_tokens",
+                        gather_axis=0, quantize_axis=2, block_size=q.block_size, bits=q.bits)
+            embeds = g.op("Reshape", [rows, g.const("embed_shape", np.array([0, 0, -1]))])
+        for name, token_id in self.opt.media:
+            embeds = self.merge(embeds, ids, name, token_id)
+        return embeds
+
+    def merge(self, embeds: str, ids: str, name: str, token_id: int) -> str:
+        """Put the rows of `name` ([n, hidden], in order) at the positions holding `token_id`.
+        The input defaults to an empty [0, hidden] tensor: text and decode steps scatter nothing."""
+        g, hidden = self.g, self.cfg.hidden_size
+        g.input(name, FLOAT, [f"{name}_tokens", hidden])
+        g.const(name, np.zeros((0, hidden), np.float32))
+        where = g.op("Equal", [ids, g.const(f"{name}_token_id", np.array(token_id, np.int64))])
+        positions = g.op("Transpose", [g.op("NonZero", [where])], perm=[1, 0])
+        return g.op("ScatterND", [embeds, positions, name], name=f"merge_{name}")
 
     def lm_head(self, x: str, table: tuple[str, str | None]) -> str:
         g, cfg, q = self.g, self.cfg, self.opt.quant

@@ -12,7 +12,9 @@ from ..models.errors import BundleError
 from .bundle import Bundle, open_bundle
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
+from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .tokenizer import ChatTokenizer
+from .vision import VisionEncoder
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Model:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.tokenizer = ChatTokenizer(self.bundle.path)
         self.decoder = DecoderSession(self.bundle, threads, providers)
+        self._threads, self._providers, self._vision = threads, providers, None
         self.eos_token_ids = self.bundle.eos_token_ids
         self.context_length = self.decoder.max_position
         cfg = self.bundle.config
@@ -42,8 +45,30 @@ class Model:
         # the original context; then transformers recomputes it once with the long factors.
         self.rope_switch = cfg["original_max_position"] if cfg["rope_kind"] == "longrope" else None
 
-    def encode(self, prompt: str, chat_template: bool = True, system: str | None = None) -> list[int]:
-        return self.tokenizer.encode_prompt(prompt, chat_template, system)
+    def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
+               images: list[PreparedImage] = ()) -> list[int]:
+        media = {"image": (self.image_token_id, [i.num_tokens for i in images])} if images else None
+        return self.tokenizer.encode_prompt(prompt, chat_template, system, media)
+
+    @property
+    def image_token_id(self) -> int:
+        return self.bundle.manifest["vision"]["config"]["image_token_id"]
+
+    def prepare_image(self, image) -> PreparedImage:
+        """A path, bytes, PIL image or an already prepared image, ready for the vision encoder."""
+        if isinstance(image, PreparedImage):
+            return image
+        if "vision" not in self.bundle.manifest:
+            raise BundleError(f"{self.bundle.path}: this bundle has no vision encoder, so it cannot take images")
+        cfg = self.bundle.manifest["vision"]["config"]
+        return preprocess(load_image(image), ImageSettings(crop_size=cfg["crop_size"], patch_size=cfg["patch_size"],
+                                                             dynamic_hd=self.bundle.manifest["vision"].get("dynamic_hd", 36)))
+
+    def image_features(self, images: list[PreparedImage]) -> np.ndarray:
+        """Run the vision encoder (loaded on first use) over the images, in prompt order."""
+        if self._vision is None:
+            self._vision = VisionEncoder(self.bundle, self._threads, self._providers)
+        return np.concatenate([self._vision(i) for i in images])
 
     @property
     def adapters(self) -> list[str]:
@@ -54,9 +79,11 @@ class Model:
         self.decoder.adapters.add(name, path)
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
-               timings: dict | None = None, adapter: str | None = None) -> Iterator[int]:
+               timings: dict | None = None, adapter: str | None = None,
+               media: dict[str, np.ndarray] | None = None) -> Iterator[int]:
         """Yield generated token ids (the end token included, as transformers does), with the
-        LoRA `adapter` active (None: the base model)."""
+        LoRA `adapter` active (None: the base model) and `media` features for the prompt's
+        image/audio placeholder tokens."""
         n = len(prompt_ids)
         if n == 0:
             raise BundleError("the prompt is empty")
@@ -70,7 +97,7 @@ class Model:
         self.decoder.use_adapter(adapter)
         self.decoder.reserve(n + budget)
         start = time.perf_counter()
-        logits = self.decoder.forward(np.asarray(prompt_ids, np.int64))
+        logits = self.decoder.forward(np.asarray(prompt_ids, np.int64), media)
         token = np.zeros(1, np.int64)
         token[0] = sample(logits)
         first = time.perf_counter()
@@ -86,7 +113,7 @@ class Model:
                 break
             if self.decoder.length == self.rope_switch:
                 self.decoder.reset()
-                logits = self.decoder.forward(np.asarray(sequence, np.int64))
+                logits = self.decoder.forward(np.asarray(sequence, np.int64), media)
             else:
                 logits = self.decoder.forward(token)
             token[0] = sample(logits)
@@ -97,12 +124,26 @@ class Model:
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  chat_template: bool = True, system: str | None = None, adapter: str | None = None,
-                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
-        prompt_ids = self.encode(prompt, chat_template, system) if isinstance(prompt, str) else list(prompt)
+                 images: list = (), on_text: Callable[[str], None] | None = None) -> GenerationResult:
+        """Answer one prompt. `images` (paths, bytes, PIL images) go where the prompt says
+        `<|image_1|>`, ... (or before the text); a request with images runs the `vision` adapter
+        unless `adapter` names another."""
+        prepared = [self.prepare_image(i) for i in images]
+        if isinstance(prompt, str):
+            prompt_ids = self.encode(prompt, chat_template, system, prepared)
+        else:
+            prompt_ids = list(prompt)
         timings: dict = {}
+        media = None
+        if prepared:
+            start = time.perf_counter()
+            media = {"image_features": self.image_features(prepared)}
+            timings["image_encode_ms"] = (time.perf_counter() - start) * 1e3
+            if adapter is None and "vision" in self.adapters:
+                adapter = "vision"
         text_stream = self.tokenizer.stream()
         ids: list[int] = []
-        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter):
+        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter, media):
             ids.append(token)
             if on_text is not None and (piece := text_stream.step(token)):
                 on_text(piece)

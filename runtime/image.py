@@ -41,12 +41,13 @@ class PreparedImage:
     num_tokens: int              # placeholder tokens this image takes in the prompt
 
 
-def load_image(source: str | Path | bytes) -> Image.Image:
-    """Open an image as 8-bit RGB: EXIF rotation applied, alpha composited on white, 16-bit and
-    palette images converted, huge images shrunk to MAX_PIXELS."""
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open an image (or take a PIL one) as 8-bit RGB: EXIF rotation applied, alpha composited on
+    white, 16-bit and palette images converted, huge images shrunk to MAX_PIXELS."""
+    name = "<bytes>" if isinstance(source, bytes) else "<image>" if isinstance(source, Image.Image) else str(source)
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = source if isinstance(source, Image.Image) else \
+            Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if image.width * image.height > MAX_PIXELS:   # decode at reduced size where the codec can
             image.draft("RGB", (image.width // 4, image.height // 4))
         image.load()

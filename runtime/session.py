@@ -38,6 +38,11 @@ class DecoderSession:
         self.capacity = 0
         self.length = 0   # tokens already in the KV cache
         self.adapters = AdapterSet(bundle, self.session)
+        # image/audio feature inputs (overridable, empty by default): bound for prefill only
+        self.media_inputs = {i.name: i.shape[1] for i in self.session.get_overridable_initializers()
+                             if i.name in bundle.manifest["decoder"].get("media", {})}
+        self.media_empty = {name: np.zeros((0, hidden), np.float32) for name, hidden in self.media_inputs.items()}
+        self.media_bound = False
 
     def use_adapter(self, name: str | None) -> None:
         """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost)."""
@@ -62,8 +67,19 @@ class DecoderSession:
         """Forget the cached tokens (the buffers stay allocated)."""
         self.length = 0
 
-    def forward(self, ids: np.ndarray) -> np.ndarray:
-        """Run `ids` ([n] int64, contiguous) after the cached tokens; returns last-position logits."""
+    def bind_media(self, media: dict[str, np.ndarray] | None) -> None:
+        """Features for the placeholder tokens of the next call (None: none)."""
+        if not media and not self.media_bound:
+            return
+        for name in self.media_inputs:
+            value = np.ascontiguousarray((media or {}).get(name, self.media_empty[name]), np.float32)
+            self.binding.bind_cpu_input(name, value)
+        self.media_bound = bool(media)
+
+    def forward(self, ids: np.ndarray, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Run `ids` ([n] int64, contiguous) after the cached tokens; returns last-position logits.
+        `media` holds features for the image/audio placeholder ids among them."""
+        self.bind_media(media)
         n = ids.shape[0]
         total = self.length + n
         if total > self.capacity:

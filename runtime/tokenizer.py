@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from jinja2.exceptions import TemplateError
@@ -45,18 +46,42 @@ class ChatTokenizer:
             raise BundleError("this bundle has no chat template; pass --no-chat-template to send raw text")
         return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt, **self.special)
 
-    def encode_prompt(self, prompt: str, chat: bool = True, system: str | None = None) -> list[int]:
-        """Token ids for a user prompt: chat-formatted (special tokens come from the template) or raw."""
-        if not chat:
-            return self.tokenizer.encode(prompt, add_special_tokens=True).ids
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return self.tokenizer.encode(self.render(messages), add_special_tokens=False).ids
+    def encode_prompt(self, prompt: str, chat: bool = True, system: str | None = None,
+                      media: dict[str, tuple[int, list[int]]] | None = None) -> list[int]:
+        """Token ids for a user prompt: chat-formatted (special tokens come from the template) or raw.
+
+        media: {"image": (placeholder token id, [tokens per item]), ...}: each `<|image_N|>` in the
+        prompt becomes item N's count of placeholder ids; with no `<|image_N|>` in the prompt, the
+        items' placeholders are put before the text.
+        """
+        for kind, (_, counts) in (media or {}).items():
+            prompt = with_placeholders(prompt, kind, len(counts))
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            prompt = self.render(messages)
+        for kind, (token_id, counts) in (media or {}).items():
+            token = self.tokenizer.id_to_token(token_id)
+            if token is None:
+                raise BundleError(f"the tokenizer has no token for {kind} placeholder id {token_id}")
+            prompt = re.sub(rf"<\|{kind}_(\d+)\|>", lambda m: token * counts[int(m.group(1)) - 1], prompt)
+        return self.tokenizer.encode(prompt, add_special_tokens=not chat).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i < self.vocab_size], skip_special_tokens=True)
 
     def stream(self) -> "TextStream":
         return TextStream(self)
+
+
+def with_placeholders(prompt: str, kind: str, count: int) -> str:
+    """Check the prompt's `<|kind_N|>` references against `count` items, adding them when absent."""
+    used = [int(n) for n in re.findall(rf"<\|{kind}_(\d+)\|>", prompt)]
+    if not used:
+        return "".join(f"<|{kind}_{i}|>" for i in range(1, count + 1)) + prompt
+    if sorted(used) != list(range(1, count + 1)):
+        raise BundleError(f"the prompt refers to {', '.join(f'<|{kind}_{n}|>' for n in used)} but {count} {kind}"
+                          f"{'s were' if count != 1 else ' was'} given: use each of <|{kind}_1|>..<|{kind}_{count}|> once")
+    return prompt
 
 
 class TextStream:

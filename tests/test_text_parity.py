@@ -16,7 +16,7 @@ LOGIT_TOL = 1e-4   # relative to the largest logit magnitude (at least 1)
 def generate_recording_logits(model, prompt: list[int], max_new: int):
     """Our greedy answer plus the logits of every decoder call that chose a token."""
     rows, forward = [], model.decoder.forward
-    model.decoder.forward = lambda ids: rows.append(forward(ids).copy()) or rows[-1]
+    model.decoder.forward = lambda ids, media=None: rows.append(forward(ids, media).copy()) or rows[-1]
     try:
         return model.generate(prompt, max_new_tokens=max_new), np.stack(rows)
     finally:
