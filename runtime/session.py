@@ -71,9 +71,12 @@ class DecoderSession:
         """Features for the placeholder tokens of the next call (None: none)."""
         if not media and not self.media_bound:
             return
+        self._media_values = []   # the binding only points into these arrays: keep them alive
         for name in self.media_inputs:
             value = np.ascontiguousarray((media or {}).get(name, self.media_empty[name]), np.float32)
-            self.binding.bind_cpu_input(name, value)
+            self._media_values.append(value)
+            # overridable initializers take OrtValues (bind_cpu_input accepts plain inputs only)
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
         self.media_bound = bool(media)
 
     def forward(self, ids: np.ndarray, media: dict[str, np.ndarray] | None = None) -> np.ndarray:

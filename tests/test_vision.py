@@ -55,3 +55,73 @@ def test_image_features_match_transformers(size, mm):
     err = np.abs(got - expected).max() / max(1.0, np.abs(expected).max())
     assert err < 1e-4, f"relative error {err:.2e}"
     print(f"{w}x{h}: {ours.num_tokens} image tokens, max relative feature error {err:.1e}")
+
+
+LM_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
+
+
+@pytest.fixture(scope="module")
+def mm_with_adapters(tmp_path_factory):
+    """Tiny Phi-4-multimodal (transformers layout) with vision/speech LoRAs in vision-lora/ and
+    speech-lora/, plus the peft-wrapped transformers model as the reference."""
+    from transformers import Phi4MultimodalForCausalLM
+
+    from .checkpoints import peft_model, save_peft_adapter
+    root = tmp_path_factory.mktemp("phi4mm-lora")
+    ck = make_phi4mm(root / "native")
+    ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()
+    pm = peft_model(ref, {"vision": dict(r=8, lora_alpha=16, target_modules=LM_TARGETS),
+                          "speech": dict(r=12, lora_alpha=24, target_modules=LM_TARGETS)}, seed=5)
+    for name in ("vision", "speech"):
+        save_peft_adapter(pm, name, ck / f"{name}-lora")
+    bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
+    return pm, bundle
+
+
+def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_adapters):
+    from transformers import Phi4MultimodalImageProcessor
+
+    from phi4edge.runtime.generate import load
+    pm, bundle = mm_with_adapters
+    model = load(bundle)
+    assert model.adapters == ["speech", "vision"]
+    for size in [(448, 448), (700, 500)]:
+        image = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        inputs = Phi4MultimodalImageProcessor()(image, return_tensors="pt")
+        ours = preprocess(image)
+        same = PreparedImage(inputs["image_pixel_values"][0].numpy(), inputs["image_attention_mask"][0].numpy() > 0,
+                             ours.grid, ours.num_tokens)
+        prompt = "<|image_1|>What is in this picture?"
+        result = model.generate(prompt, images=[same], max_new_tokens=10)
+        assert result.adapter == "vision"
+        ids = result.prompt_token_ids
+        assert ids.count(7) == ours.num_tokens
+        pm.set_adapter("vision")
+        with torch.no_grad():
+            out = pm.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              image_pixel_values=inputs["image_pixel_values"], image_sizes=inputs["image_sizes"],
+                              image_attention_mask=inputs["image_attention_mask"], max_new_tokens=10,
+                              do_sample=False, eos_token_id=[0, 4], pad_token_id=0)
+        assert result.token_ids == out[0, len(ids):].tolist()
+    text = model.generate("What is in this picture?", max_new_tokens=10)
+    assert text.adapter is None
+    with pm.disable_adapter(), torch.no_grad():
+        out = pm.generate(input_ids=torch.tensor([text.prompt_token_ids]), max_new_tokens=10, do_sample=False,
+                          eos_token_id=[0, 4], pad_token_id=0,
+                          attention_mask=torch.ones(1, len(text.prompt_token_ids), dtype=torch.long))
+    assert text.token_ids == out[0, len(text.prompt_token_ids):].tolist()
+
+
+def test_placeholders_are_checked_and_inserted(mm_with_adapters):
+    from phi4edge.models.errors import BundleError
+    from phi4edge.runtime.generate import load
+    _, bundle = mm_with_adapters
+    model = load(bundle)
+    img = Image.new("RGB", (300, 200), (200, 30, 30))
+    prepared = [model.prepare_image(img), model.prepare_image(img)]
+    two = model.encode("Compare <|image_1|> and <|image_2|>.", images=prepared)
+    assert two.count(7) == 2 * prepared[0].num_tokens
+    auto = model.encode("Compare them.", images=prepared)   # no placeholders: both go before the text
+    assert auto.count(7) == two.count(7)
+    with pytest.raises(BundleError, match=r"<\|image_3\|> but 2 images were given"):
+        model.encode("<|image_1|> vs <|image_3|>", images=prepared)
