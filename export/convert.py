@@ -16,7 +16,7 @@ from ..models.config import DecoderConfig, load_config
 from ..models.errors import CheckpointError
 from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, read_phi4mm
 from ..models.phi3 import Phi3Weights
-from ..models.phi4mm import VisionWeights, has_vision
+from ..models.phi4mm import IMAGE_TOKEN, VisionWeights, has_vision
 from ..quant import QuantConfig
 from .adapters import write_adapter
 from .bundle import staging, write_manifest
@@ -103,7 +103,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     loras = find_adapters(model_dir, ckpt, cfg, {k: Path(v) for k, v in (adapters or {}).items()})
     lora_dtype = adapter_precision if (loras or lora) else None
     base_id = base_model_id(cfg, weights)
-    vision_weights = VisionWeights(ckpt, cfg.raw, cfg.hidden_size) if has_vision(ckpt) else None
+    vision_weights = (VisionWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(IMAGE_TOKEN))
+                      if has_vision(ckpt) else None)
     media = (("image_features", vision_weights.cfg.image_token_id),) if vision_weights else ()
 
     with staging(out_dir, force) as tmp:

@@ -48,11 +48,14 @@ def has_vision(ckpt: Checkpoint) -> bool:
     return any(k.startswith(IMAGE) for k in ckpt.keys())
 
 
+IMAGE_TOKEN = "<|endoftext10|>"   # the placeholder the original remote code hard-codes (id 200010)
+
+
 class VisionWeights:
-    def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int):
+    def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int, tokenizer_image_id: int | None = None):
         self.ckpt = ckpt
         self.original = f"{IMAGE}glb_GN" in ckpt
-        self.cfg = self._config(raw_config, text_hidden)
+        self.cfg = self._config(raw_config, text_hidden, tokenizer_image_id)
 
     def key(self, name: str) -> str:
         if self.original:
@@ -66,7 +69,7 @@ class VisionWeights:
     def get(self, name: str) -> np.ndarray:
         return self.ckpt.get(self.key(name))
 
-    def _config(self, raw: dict, text_hidden: int) -> VisionConfig:
+    def _config(self, raw: dict, text_hidden: int, tokenizer_image_id: int | None) -> VisionConfig:
         patch = self.ckpt.shape(self.key("img_processor.embeddings.patch_embedding.weight"))
         hidden, patch_size = patch[0], patch[-1]
         layers = len({k.split(".encoder.layers.")[1].split(".")[0] for k in self.ckpt.keys()
@@ -85,5 +88,5 @@ class VisionWeights:
             num_heads=heads, patch_size=patch_size, image_size=int(round(positions ** 0.5)) * patch_size,
             crop_size=int(vc.get("crop_size") or embd.get("crop_size") or 448),
             layer_norm_eps=float(vc.get("layer_norm_eps", 1e-6)),
-            image_token_id=int(vc.get("image_token_id", 200010)),
+            image_token_id=int(vc.get("image_token_id") or tokenizer_image_id or 200010),
             text_hidden_size=text_hidden)

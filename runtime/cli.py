@@ -73,12 +73,15 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, help="Nucleus sampling mass.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
-@click.option("--adapter", default=None, help="LoRA adapter of the bundle to use (default: none).")
+@click.option("--adapter", default=None,
+              help="LoRA adapter of the bundle to use (default: 'vision' with images, none for text).")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="An image for <|image_N|> in the prompt (repeatable; placed before the text without placeholders).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, ids, timings) instead of streaming.")
 @friendly_errors
 def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, max_new_tokens: int,
         temperature: float | None, top_k: int, top_p: float, seed: int | None, threads: int | None,
-        adapter: str | None, as_json: bool) -> None:
+        adapter: str | None, images: tuple[str, ...], as_json: bool) -> None:
     """Generate an answer to one prompt."""
     from .generate import load
     from .sampling import SamplingParams
@@ -88,7 +91,8 @@ def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, ma
     model = load(bundle, threads=threads)
     on_text = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
-                            chat_template=not no_chat_template, system=system, adapter=adapter, on_text=on_text)
+                            chat_template=not no_chat_template, system=system, adapter=adapter,
+                            images=list(images), on_text=on_text)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -119,6 +123,10 @@ def inspect(bundle: str, no_verify: bool) -> None:
         f"int4, block {q['block_size']}, accuracy level {q['accuracy_level']}, symmetric"
     click.echo(f"weights     {quant}")
     click.echo(f"stop ids    {m['generation']['eos_token_ids']}")
+    if "vision" in m:
+        v = m["vision"]["config"]
+        click.echo(f"vision      {v['num_layers']} encoder layers, hidden {v['hidden_size']}, crop {v['crop_size']}, "
+                   f"image token {v['image_token_id']}")
     lora = m["decoder"].get("lora")
     click.echo(f"lora        {f'{lora} inputs on every layer linear' if lora else 'not supported (no LoRA inputs)'}")
     for name, a in m.get("adapters", {}).items():

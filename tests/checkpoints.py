@@ -146,3 +146,55 @@ def make_phi4mm(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path, max_shard_size="2MB")
     save_tokenizer(train_tokenizer(400), path, model.config.max_position_embeddings)
     return path
+
+
+# transformers-native name -> original remote-code name (the reverse of transformers'
+# convert_phi4_multimodal_weights_to_hf.py STATE_DICT_MAPPING)
+TO_ORIGINAL = [
+    (r"image_embed\.img_projection_up", "image_embed.img_projection.0"),
+    (r"image_embed\.img_projection_down", "image_embed.img_projection.2"),
+    (r"image_embed\.global_img_feature_extensor", "image_embed.glb_GN"),
+    (r"image_embed\.sub_img_feature_extensor", "image_embed.sub_GN"),
+    (r"feed_forward_(in|out)\.gate_up_proj", r"feed_forward_\1.net.0.linear"),
+    (r"feed_forward_(in|out)\.down_proj", r"feed_forward_\1.net.2"),
+    (r"encoders\.(\d+)\.self_attn\.(q|k|v)_proj", r"encoders.\1.self_attn.linear_\2"),
+    (r"encoders\.(\d+)\.self_attn\.o_proj", r"encoders.\1.self_attn.linear_out"),
+    (r"audio_embed\.up_proj_for_speech", "audio_embed.audio_projection.speech.0"),
+    (r"audio_embed\.down_proj_for_speech", "audio_embed.audio_projection.speech.2"),
+    (r"audio_embed\.up_proj_for_vision_speech", "audio_embed.audio_projection.vision.0"),
+    (r"audio_embed\.down_proj_for_vision_speech", "audio_embed.audio_projection.vision.2"),
+]
+
+
+def to_original_layout(native: Path, pm, out: Path) -> Path:
+    """Rewrite a native checkpoint (and the peft model's vision/speech LoRAs) in the original
+    Phi-4-multimodal layout: renamed encoder keys, LoRA inside the shards around `base_layer`,
+    and the remote-code config fields (embd_layer, vision_lora, speech_lora)."""
+    import json as _json
+    import re
+
+    from safetensors.torch import load_file, save_file
+    state = {}
+    for shard in sorted(native.glob("model*.safetensors")):
+        for key, value in load_file(shard).items():
+            for pattern, repl in TO_ORIGINAL:
+                key = re.sub(pattern, repl, key)
+            if re.match(r"model\.layers\.\d+\.(self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj)\.weight$", key):
+                key = key.replace(".weight", ".base_layer.weight")
+            state[key] = value
+    for name, tensor in pm.base_model.model.state_dict().items():
+        if ".lora_" in name:
+            state[name] = tensor.detach().clone().to(torch.bfloat16)
+    out.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    cfg = _json.loads((native / "config.json").read_text())
+    vision, audio = cfg.pop("vision_config"), cfg.pop("audio_config")
+    cfg |= {"architectures": ["Phi4MMForCausalLM"], "model_type": "phi4mm",
+            "embd_layer": {"image_embd_layer": {"crop_size": vision["crop_size"]}, "audio_embd_layer": {}},
+            "vision_lora": {"r": pm.peft_config["vision"].r, "lora_alpha": pm.peft_config["vision"].lora_alpha},
+            "speech_lora": {"r": pm.peft_config["speech"].r, "lora_alpha": pm.peft_config["speech"].lora_alpha}}
+    (out / "config.json").write_text(_json.dumps(cfg))
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (native / f).exists():
+            (out / f).write_bytes((native / f).read_bytes())
+    return out
