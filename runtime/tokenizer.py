@@ -63,7 +63,7 @@ class ChatTokenizer:
             token = self.tokenizer.id_to_token(token_id)
             if token is None:
                 raise BundleError(f"the tokenizer has no token for {kind} placeholder id {token_id}")
-            prompt = re.sub(rf"<\|{kind}_(\d+)\|>", lambda m: token * counts[int(m.group(1)) - 1], prompt)
+            prompt = re.sub(rf"<\|{kind}_(\d+)\|>", lambda m, t=token, c=counts: t * c[int(m.group(1)) - 1], prompt)
         return self.tokenizer.encode(prompt, add_special_tokens=not chat).ids
 
     def decode(self, ids: list[int]) -> str:

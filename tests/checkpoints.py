@@ -188,7 +188,8 @@ def to_original_layout(native: Path, pm, out: Path) -> Path:
     out.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
     cfg = _json.loads((native / "config.json").read_text())
-    vision, audio = cfg.pop("vision_config"), cfg.pop("audio_config")
+    vision = cfg.pop("vision_config")
+    cfg.pop("audio_config")   # the original layout keeps audio settings elsewhere (audio_processor)
     cfg |= {"architectures": ["Phi4MMForCausalLM"], "model_type": "phi4mm",
             "embd_layer": {"image_embd_layer": {"crop_size": vision["crop_size"]}, "audio_embd_layer": {}},
             "vision_lora": {"r": pm.peft_config["vision"].r, "lora_alpha": pm.peft_config["vision"].lora_alpha},

@@ -9,7 +9,7 @@ from PIL import Image
 from phi4edge.export import export_model
 from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.image import PreparedImage, preprocess
-from phi4edge.runtime.vision import VisionEncoder, token_index
+from phi4edge.runtime.vision import VisionEncoder
 
 from .checkpoints import make_phi4mm
 
