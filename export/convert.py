@@ -16,12 +16,13 @@ from ..models.config import DecoderConfig, load_config
 from ..models.errors import CheckpointError
 from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, read_phi4mm
 from ..models.phi3 import Phi3Weights
-from ..models.phi4mm import IMAGE_TOKEN, VisionWeights, has_vision
+from ..models.phi4mm import AUDIO_TOKEN, IMAGE_TOKEN, SpeechWeights, VisionWeights, has_speech, has_vision
 from ..quant import QuantConfig
 from .adapters import write_adapter
 from .bundle import staging, write_manifest
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .genai_config import genai_config
+from .speech import SpeechBuilder
 from .vision import VisionBuilder
 from .graph import Graph, WeightFile
 
@@ -66,15 +67,16 @@ def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: 
     return found
 
 
-def export_vision(weights: VisionWeights, quant: QuantConfig | None, out: Path, show_progress: bool) -> dict:
-    """vision.onnx (+ its own weight file); returns its manifest entry."""
-    data = WeightFile(out / "vision.onnx.data")
-    graph = Graph("phi4mm_vision", data)
-    with tqdm(total=weights.cfg.num_layers, desc="export vision", unit="layer", disable=not show_progress) as bar:
-        VisionBuilder(graph, weights, quant).build(lambda _: bar.update())
+def export_encoder(kind: str, builder, weights, layers: int, quant: QuantConfig | None, out: Path,
+                   show_progress: bool) -> dict:
+    """KIND.onnx (+ its own weight file) for the vision or speech encoder; returns its manifest entry."""
+    data = WeightFile(out / f"{kind}.onnx.data")
+    graph = Graph(f"phi4mm_{kind}", data)
+    with tqdm(total=layers, desc=f"export {kind}", unit="layer", disable=not show_progress) as bar:
+        builder(graph, weights, quant).build(lambda _: bar.update())
     data.close()
-    onnx.save_model(graph.model(), out / "vision.onnx")
-    return {"graph": "vision.onnx", "config": weights.cfg.to_json()}
+    onnx.save_model(graph.model(), out / f"{kind}.onnx")
+    return {"graph": f"{kind}.onnx", "config": weights.cfg.to_json()}
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
@@ -105,7 +107,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     base_id = base_model_id(cfg, weights)
     vision_weights = (VisionWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(IMAGE_TOKEN))
                       if has_vision(ckpt) else None)
-    media = (("image_features", vision_weights.cfg.image_token_id),) if vision_weights else ()
+    speech_weights = (SpeechWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(AUDIO_TOKEN))
+                      if has_speech(ckpt) else None)
+    media = ((("image_features", vision_weights.cfg.image_token_id),) if vision_weights else ()) + \
+        ((("audio_features", speech_weights.cfg.audio_token_id),) if speech_weights else ())
 
     with staging(out_dir, force) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
@@ -113,7 +118,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         with tqdm(total=cfg.num_layers, desc="export decoder", unit="layer", disable=not show_progress) as bar:
             DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: bar.update())
         data.close()
-        vision = export_vision(vision_weights, quant, tmp, show_progress) if vision_weights else None
+        encoders = {}
+        if vision_weights:
+            encoders["vision"] = export_encoder("vision", VisionBuilder, vision_weights, vision_weights.cfg.num_layers,
+                                                quant, tmp, show_progress)
+        if speech_weights:
+            encoders["speech"] = export_encoder("speech", SpeechBuilder, speech_weights, speech_weights.cfg.num_blocks,
+                                                quant, tmp, show_progress)
         adapter_entries = {}
         for adapter in tqdm(loras, desc="export adapters", unit="adapter", disable=not show_progress or not loras):
             adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
@@ -134,7 +145,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position",
                         "lora": lora_dtype, "media": {name: token for name, token in media}},
             "adapters": adapter_entries,
-            **({"vision": vision} if vision else {}),
+            **encoders,
             "generation": {"eos_token_ids": stop_ids},
         })
     return out_dir

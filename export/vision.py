@@ -25,6 +25,9 @@ FLOAT = TensorProto.FLOAT
 
 
 class VisionBuilder:
+    prefix = "vision"           # initializer name prefix
+    attention_out = "out_proj"  # the attention's output projection, as the checkpoint names it
+
     def __init__(self, g: Graph, w: VisionWeights, quant: QuantConfig | None):
         self.g, self.w, self.cfg, self.quant = g, w, w.cfg, quant
 
@@ -33,17 +36,18 @@ class VisionBuilder:
         g, q = self.g, self.quant
         weight, bias = self.w.get(f"{name}.weight"), self.w.get(f"{name}.bias")
         if q is None:
-            y = g.op("MatMul", [x, g.weight(f"vision.{name}.weight", weight.T)])
+            y = g.op("MatMul", [x, g.weight(f"{self.prefix}.{name}.weight", weight.T)])
         else:
             packed, scales = quantize_int4(weight, q.block_size)
-            y = g.op("MatMulNBits", [x, g.weight(f"vision.{name}.qweight", packed), g.weight(f"vision.{name}.scales", scales)],
+            y = g.op("MatMulNBits", [x, g.weight(f"{self.prefix}.{name}.qweight", packed),
+                                     g.weight(f"{self.prefix}.{name}.scales", scales)],
                      domain=MS, K=weight.shape[1], N=weight.shape[0], bits=q.bits, block_size=q.block_size,
                      accuracy_level=q.accuracy_level)
-        return g.op("Add", [y, g.weight(f"vision.{name}.bias", bias)])
+        return g.op("Add", [y, g.weight(f"{self.prefix}.{name}.bias", bias)])
 
     def layer_norm(self, name: str, x: str) -> str:
-        return self.g.op("LayerNormalization", [x, self.g.weight(f"vision.{name}.weight", self.w.get(f"{name}.weight")),
-                                                self.g.weight(f"vision.{name}.bias", self.w.get(f"{name}.bias"))],
+        return self.g.op("LayerNormalization", [x, self.g.weight(f"{self.prefix}.{name}.weight", self.w.get(f"{name}.weight")),
+                                                self.g.weight(f"{self.prefix}.{name}.bias", self.w.get(f"{name}.bias"))],
                          epsilon=self.cfg.layer_norm_eps, axis=-1)
 
     def heads(self, x: str) -> str:
@@ -60,7 +64,7 @@ class VisionBuilder:
         ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
         merged = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]),
                                   g.const("vision_merge_shape", np.array([0, 0, c.hidden_size]))])
-        return self.linear(f"{prefix}.self_attn.out_proj", merged)
+        return self.linear(f"{prefix}.self_attn.{self.attention_out}", merged)
 
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
         g, c, w = self.g, self.cfg, self.w

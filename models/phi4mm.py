@@ -90,3 +90,99 @@ class VisionWeights:
             layer_norm_eps=float(vc.get("layer_norm_eps", 1e-6)),
             image_token_id=int(vc.get("image_token_id") or tokenizer_image_id or 200010),
             text_hidden_size=text_hidden)
+
+
+AUDIO = "model.embed_tokens_extend.audio_embed."
+AUDIO_TOKEN = "<|endoftext11|>"   # the audio placeholder (id 200011 in the real model)
+# transformers-native name pattern -> original remote-code replacement (convert script, reversed)
+ORIGINAL_AUDIO_NAMES = [
+    (r"feed_forward_(in|out)\.gate_up_proj", r"feed_forward_\1.net.0.linear"),
+    (r"feed_forward_(in|out)\.down_proj", r"feed_forward_\1.net.2"),
+    (r"self_attn\.(q|k|v)_proj", r"self_attn.linear_\1"),
+    (r"self_attn\.o_proj", "self_attn.linear_out"),
+    (r"^up_proj_for_speech", "audio_projection.speech.0"),
+    (r"^down_proj_for_speech", "audio_projection.speech.2"),
+    (r"^up_proj_for_vision_speech", "audio_projection.vision.0"),
+    (r"^down_proj_for_vision_speech", "audio_projection.vision.2"),
+]
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    hidden_size: int
+    num_heads: int
+    num_blocks: int
+    input_size: int
+    kernel_size: int
+    bias_max_distance: int
+    time_reduction: int
+    audio_token_id: int
+    text_hidden_size: int
+    layer_norm_eps: float = 1e-5
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class SubsamplingConv:
+    index: int
+    strides: list[int]
+    pads: list[int]
+    group: int
+    relu_after: bool
+
+
+def has_speech(ckpt: Checkpoint) -> bool:
+    return any(k.startswith(AUDIO) for k in ckpt.keys())
+
+
+class SpeechWeights:
+    def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int, tokenizer_audio_id: int | None = None):
+        import re
+        self._re = re
+        self.ckpt = ckpt
+        self.original = f"{AUDIO}audio_projection.speech.0.weight" in ckpt
+        ac = raw_config.get("audio_config") or {}
+        orig = (raw_config.get("audio_processor") or {}).get("config") or {}
+        hidden = self.ckpt.shape(self.key("encoder.embed.out.weight"))[0]
+        heads = ac.get("num_attention_heads") or orig.get("attention_heads")
+        if not heads:
+            raise CheckpointError(f"{ckpt.dir / 'config.json'}: the audio encoder's attention head count is missing "
+                                  f"(audio_config.num_attention_heads or audio_processor.config.attention_heads)")
+        max_distance = ac.get("bias_max_distance") or (orig.get("relative_attention_bias_args") or {}).get("t5_bias_max_distance")
+        buckets = self.ckpt.shape(self.key("encoder.relative_attention_bias_layer.bias_values.weight"))[0]
+        self.cfg = SpeechConfig(
+            hidden_size=hidden, num_heads=int(heads),
+            num_blocks=len({k.split(".encoders.")[1].split(".")[0] for k in ckpt.keys()
+                            if k.startswith(AUDIO) and ".encoders." in k}),
+            input_size=self.ckpt.shape(self.key("encoder.encoder_embedding.global_mean"))[0],
+            kernel_size=self.ckpt.shape(self.key("encoder.encoders.0.conv.dw_sep_conv_1d.dw_conv.weight"))[-1],
+            bias_max_distance=int(max_distance or buckets // 2), time_reduction=8,
+            audio_token_id=int(ac.get("audio_token_id") or tokenizer_audio_id or 200011), text_hidden_size=text_hidden)
+
+    def key(self, name: str) -> str:
+        if self.original:
+            for pattern, repl in ORIGINAL_AUDIO_NAMES:
+                name = self._re.sub(pattern, repl, name)
+        key = AUDIO + name
+        if key not in self.ckpt:
+            raise CheckpointError(f"{self.ckpt.dir}: speech tensor '{key}' not found")
+        return key
+
+    def get(self, name: str) -> np.ndarray:
+        return self.ckpt.get(self.key(name))
+
+    def subsampling_layers(self) -> list[SubsamplingConv]:
+        """The NeMo subsampling Sequential: stride-2 3x3 convs (the later ones depthwise), 1x1
+        pointwise convs, ReLU after the first conv and after each pointwise conv."""
+        indices = sorted({int(k.split(".embed.conv.")[1].split(".")[0]) for k in self.ckpt.keys()
+                          if k.startswith(AUDIO) and ".embed.conv." in k})
+        layers = []
+        for i in indices:
+            out_ch, in_per_group, kernel, _ = self.ckpt.shape(self.key(f"encoder.embed.conv.{i}.weight"))
+            strided = kernel == 3
+            layers.append(SubsamplingConv(i, [2, 2] if strided else [1, 1], [1, 1, 1, 1] if strided else [0, 0, 0, 0],
+                                          out_ch if (strided and in_per_group == 1 and i > 0) else 1,
+                                          i + 1 not in indices))
+        return layers
