@@ -74,14 +74,16 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @click.option("--adapter", default=None,
-              help="LoRA adapter of the bundle to use (default: 'vision' with images, none for text).")
+              help="LoRA adapter of the bundle to use (default: 'vision' with images, 'speech' with audio only, none for text).")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image for <|image_N|> in the prompt (repeatable; placed before the text without placeholders).")
+@click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
+              help="An audio file (wav/flac/ogg, any rate) for <|audio_N|> in the prompt (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, ids, timings) instead of streaming.")
 @friendly_errors
 def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, max_new_tokens: int,
         temperature: float | None, top_k: int, top_p: float, seed: int | None, threads: int | None,
-        adapter: str | None, images: tuple[str, ...], as_json: bool) -> None:
+        adapter: str | None, images: tuple[str, ...], audios: tuple[str, ...], as_json: bool) -> None:
     """Generate an answer to one prompt."""
     from .generate import load
     from .sampling import SamplingParams
@@ -92,7 +94,7 @@ def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, ma
     on_text = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
                             chat_template=not no_chat_template, system=system, adapter=adapter,
-                            images=list(images), on_text=on_text)
+                            images=list(images), audios=list(audios), on_text=on_text)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:

@@ -12,7 +12,9 @@ from ..models.errors import BundleError
 from .bundle import Bundle, open_bundle
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
+from .audio import load_audio, log_mel, num_audio_tokens
 from .image import ImageSettings, PreparedImage, load_image, preprocess
+from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder
 
@@ -37,7 +39,7 @@ class Model:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.tokenizer = ChatTokenizer(self.bundle.path)
         self.decoder = DecoderSession(self.bundle, threads, providers)
-        self._threads, self._providers, self._vision = threads, providers, None
+        self._threads, self._providers, self._vision, self._speech = threads, providers, None, None
         self.eos_token_ids = self.bundle.eos_token_ids
         self.context_length = self.decoder.max_position
         cfg = self.bundle.config
@@ -46,9 +48,28 @@ class Model:
         self.rope_switch = cfg["original_max_position"] if cfg["rope_kind"] == "longrope" else None
 
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
-               images: list[PreparedImage] = ()) -> list[int]:
-        media = {"image": (self.image_token_id, [i.num_tokens for i in images])} if images else None
-        return self.tokenizer.encode_prompt(prompt, chat_template, system, media)
+               images: list[PreparedImage] = (), audios: list[np.ndarray] = ()) -> list[int]:
+        """Prompt ids; `audios` are log-mel feature arrays (see prepare_audio)."""
+        media = {}
+        if images:
+            media["image"] = (self.image_token_id, [i.num_tokens for i in images])
+        if audios:
+            media["audio"] = (self.bundle.manifest["speech"]["config"]["audio_token_id"],
+                              [num_audio_tokens(len(a)) for a in audios])
+        return self.tokenizer.encode_prompt(prompt, chat_template, system, media or None)
+
+    def prepare_audio(self, audio) -> np.ndarray:
+        """A path, bytes or 16 kHz float waveform, as log-mel features for the speech encoder."""
+        if "speech" not in self.bundle.manifest:
+            raise BundleError(f"{self.bundle.path}: this bundle has no speech encoder, so it cannot take audio")
+        wave = audio if isinstance(audio, np.ndarray) else load_audio(audio)
+        return log_mel(wave)
+
+    def audio_features(self, audios: list[np.ndarray], with_image: bool) -> np.ndarray:
+        """Speech embeddings (the vision_speech projection when the request also has an image)."""
+        if self._speech is None:
+            self._speech = SpeechEncoder(self.bundle, self._threads, self._providers)
+        return np.concatenate([self._speech(a, with_image) for a in audios])
 
     @property
     def image_token_id(self) -> int:
@@ -124,26 +145,34 @@ class Model:
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  chat_template: bool = True, system: str | None = None, adapter: str | None = None,
-                 images: list = (), on_text: Callable[[str], None] | None = None) -> GenerationResult:
-        """Answer one prompt. `images` (paths, bytes, PIL images) go where the prompt says
-        `<|image_1|>`, ... (or before the text); a request with images runs the `vision` adapter
-        unless `adapter` names another."""
+                 images: list = (), audios: list = (),
+                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
+        """Answer one prompt. `images` (paths, bytes, PIL images) and `audios` (paths, bytes, 16 kHz
+        waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
+        Routing, unless `adapter` names one: images -> the `vision` adapter (audio then through
+        the vision_speech projection); audio alone -> the `speech` adapter; text -> none."""
         prepared = [self.prepare_image(i) for i in images]
+        mels = [self.prepare_audio(a) for a in audios]
         if isinstance(prompt, str):
-            prompt_ids = self.encode(prompt, chat_template, system, prepared)
+            prompt_ids = self.encode(prompt, chat_template, system, prepared, mels)
         else:
             prompt_ids = list(prompt)
         timings: dict = {}
-        media = None
+        media = {}
         if prepared:
             start = time.perf_counter()
-            media = {"image_features": self.image_features(prepared)}
+            media["image_features"] = self.image_features(prepared)
             timings["image_encode_ms"] = (time.perf_counter() - start) * 1e3
-            if adapter is None and "vision" in self.adapters:
-                adapter = "vision"
+        if mels:
+            start = time.perf_counter()
+            media["audio_features"] = self.audio_features(mels, with_image=bool(prepared))
+            timings["audio_encode_ms"] = (time.perf_counter() - start) * 1e3
+        if adapter is None and media:
+            wanted = "vision" if prepared else "speech"
+            adapter = wanted if wanted in self.adapters else None
         text_stream = self.tokenizer.stream()
         ids: list[int] = []
-        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter, media):
+        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter, media or None):
             ids.append(token)
             if on_text is not None and (piece := text_stream.step(token)):
                 on_text(piece)

@@ -188,10 +188,14 @@ def to_original_layout(native: Path, pm, out: Path) -> Path:
     out.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
     cfg = _json.loads((native / "config.json").read_text())
-    vision = cfg.pop("vision_config")
-    cfg.pop("audio_config")   # the original layout keeps audio settings elsewhere (audio_processor)
+    vision, audio = cfg.pop("vision_config"), cfg.pop("audio_config")
     cfg |= {"architectures": ["Phi4MMForCausalLM"], "model_type": "phi4mm",
             "embd_layer": {"image_embd_layer": {"crop_size": vision["crop_size"]}, "audio_embd_layer": {}},
+            "audio_processor": {"config": {
+                "attention_dim": audio["hidden_size"], "attention_heads": audio["num_attention_heads"],
+                "linear_units": audio["intermediate_size"], "num_blocks": audio["num_blocks"],
+                "nemo_conv_settings": {"conv_channels": audio["nemo_conv_channels"]},
+                "relative_attention_bias_args": {"t5_bias_max_distance": audio["bias_max_distance"]}}},
             "vision_lora": {"r": pm.peft_config["vision"].r, "lora_alpha": pm.peft_config["vision"].lora_alpha},
             "speech_lora": {"r": pm.peft_config["speech"].r, "lora_alpha": pm.peft_config["speech"].lora_alpha}}
     (out / "config.json").write_text(_json.dumps(cfg))

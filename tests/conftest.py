@@ -53,3 +53,25 @@ def bundles(checkpoints, tmp_path_factory) -> dict[tuple[str, str], Path]:
                                      show_progress=False)
             return self[key]
     return Lazy()
+
+
+LM_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
+
+
+@pytest.fixture(scope="session")
+def mm_with_adapters(tmp_path_factory):
+    """Tiny Phi-4-multimodal (transformers layout) with vision/speech LoRAs in vision-lora/ and
+    speech-lora/, plus the peft-wrapped transformers model as the reference."""
+    import torch
+    from transformers import Phi4MultimodalForCausalLM
+
+    from .checkpoints import make_phi4mm, peft_model, save_peft_adapter
+    root = tmp_path_factory.mktemp("phi4mm-lora")
+    ck = make_phi4mm(root / "native")
+    ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()
+    pm = peft_model(ref, {"vision": dict(r=8, lora_alpha=16, target_modules=LM_TARGETS),
+                          "speech": dict(r=12, lora_alpha=24, target_modules=LM_TARGETS)}, seed=5)
+    for name in ("vision", "speech"):
+        save_peft_adapter(pm, name, ck / f"{name}-lora")
+    bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
+    return pm, bundle

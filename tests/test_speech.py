@@ -43,3 +43,76 @@ def test_audio_embeddings_match_transformers(seconds, mode, mm):
     err = np.abs(got - expected).max() / max(1.0, np.abs(expected).max())
     assert err < 1e-4, f"relative error {err:.2e}"
     print(f"{seconds}s {mode}: {n} audio tokens, max relative error {err:.1e}")
+
+
+def _wave(seconds: float, seed: int) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _reference(pm, adapter: str, ids: list[int], **media) -> list[int]:
+    pm.set_adapter(adapter)
+    with torch.no_grad():
+        out = pm.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=10, do_sample=False, eos_token_id=[0, 4], pad_token_id=0, **media)
+    return out[0, len(ids):].tolist()
+
+
+def test_audio_prompt_greedy_matches_transformers_with_speech_adapter(mm_with_adapters):
+    from phi4edge.runtime.generate import load
+    pm, bundle = mm_with_adapters
+    model = load(bundle)
+    for seconds in (0.7, 2.5):
+        wave = _wave(seconds, int(seconds * 10))
+        result = model.generate("<|audio_1|>Transcribe the audio.", audios=[wave], max_new_tokens=10)
+        feats = log_mel(wave)
+        n = num_audio_tokens(len(feats))
+        assert result.adapter == "speech" and result.prompt_token_ids.count(8) == n
+        assert result.token_ids == _reference(pm, "speech", result.prompt_token_ids,
+                                              audio_input_features=torch.from_numpy(feats)[None],
+                                              audio_embed_sizes=torch.tensor([n]))
+
+
+def test_image_and_audio_prompt_uses_vision_adapter_and_vision_speech_projection(mm_with_adapters):
+    from PIL import Image
+    from transformers import Phi4MultimodalImageProcessor
+
+    from phi4edge.runtime.generate import load
+    from phi4edge.runtime.image import PreparedImage, preprocess
+    pm, bundle = mm_with_adapters
+    model = load(bundle)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    pixels = Phi4MultimodalImageProcessor()(image, return_tensors="pt")
+    ours = preprocess(image)
+    same = PreparedImage(pixels["image_pixel_values"][0].numpy(), pixels["image_attention_mask"][0].numpy() > 0,
+                         ours.grid, ours.num_tokens)
+    wave = _wave(1.2, 3)
+    result = model.generate("<|image_1|><|audio_1|>What do you see and hear?", images=[same], audios=[wave],
+                            max_new_tokens=10)
+    assert result.adapter == "vision"
+    feats = log_mel(wave)
+    assert result.token_ids == _reference(
+        pm, "vision", result.prompt_token_ids, image_pixel_values=pixels["image_pixel_values"],
+        image_sizes=pixels["image_sizes"], image_attention_mask=pixels["image_attention_mask"],
+        audio_input_features=torch.from_numpy(feats)[None], audio_embed_sizes=torch.tensor([num_audio_tokens(len(feats))]))
+
+
+def test_cli_audio_option_at_48k_stereo(mm_with_adapters, tmp_path):
+    import json
+
+    import soundfile
+    from click.testing import CliRunner
+
+    from phi4edge.runtime.cli import main
+    _, bundle = mm_with_adapters
+    t = np.arange(48000) / 48000
+    soundfile.write(tmp_path / "clip.wav", np.stack([np.sin(2 * np.pi * 300 * t)] * 2, axis=1) * 0.3, 48000)
+    result = CliRunner().invoke(main, ["run", str(bundle), "--audio", str(tmp_path / "clip.wav"), "--json",
+                                       "--prompt", "Transcribe the audio.", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["adapter"] == "speech" and out["prompt_token_ids"].count(8) == 13 and out["timings"]["audio_encode_ms"] > 0
+    (tmp_path / "bad.wav").write_bytes(b"RIFF nonsense")
+    bad = CliRunner().invoke(main, ["run", str(bundle), "--audio", str(tmp_path / "bad.wav"), "--prompt", "hi"])
+    assert bad.exit_code != 0 and "not a readable audio file" in bad.output and "Traceback" not in bad.output

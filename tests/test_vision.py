@@ -57,27 +57,6 @@ def test_image_features_match_transformers(size, mm):
     print(f"{w}x{h}: {ours.num_tokens} image tokens, max relative feature error {err:.1e}")
 
 
-LM_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
-
-
-@pytest.fixture(scope="module")
-def mm_with_adapters(tmp_path_factory):
-    """Tiny Phi-4-multimodal (transformers layout) with vision/speech LoRAs in vision-lora/ and
-    speech-lora/, plus the peft-wrapped transformers model as the reference."""
-    from transformers import Phi4MultimodalForCausalLM
-
-    from .checkpoints import peft_model, save_peft_adapter
-    root = tmp_path_factory.mktemp("phi4mm-lora")
-    ck = make_phi4mm(root / "native")
-    ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()
-    pm = peft_model(ref, {"vision": dict(r=8, lora_alpha=16, target_modules=LM_TARGETS),
-                          "speech": dict(r=12, lora_alpha=24, target_modules=LM_TARGETS)}, seed=5)
-    for name in ("vision", "speech"):
-        save_peft_adapter(pm, name, ck / f"{name}-lora")
-    bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
-    return pm, bundle
-
-
 def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_adapters):
     from transformers import Phi4MultimodalImageProcessor
 
