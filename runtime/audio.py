@@ -33,6 +33,15 @@ class AudioSettings:
     downsample_rate: int = 1
 
 
+@dataclass
+class PreparedAudio:
+    features: np.ndarray   # [frames, n_mels] log-mel
+
+    @property
+    def num_tokens(self) -> int:
+        return num_audio_tokens(len(self.features))
+
+
 def load_audio(source: str | Path | bytes) -> np.ndarray:
     """Decode wav/flac/ogg (any integer or float format), average the channels, resample to 16 kHz."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)

@@ -12,7 +12,7 @@ from ..models.errors import BundleError
 from .bundle import Bundle, open_bundle
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
-from .audio import load_audio, log_mel, num_audio_tokens
+from .audio import PreparedAudio, load_audio, log_mel
 from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
@@ -48,28 +48,29 @@ class Model:
         self.rope_switch = cfg["original_max_position"] if cfg["rope_kind"] == "longrope" else None
 
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
-               images: list[PreparedImage] = (), audios: list[np.ndarray] = ()) -> list[int]:
-        """Prompt ids; `audios` are log-mel feature arrays (see prepare_audio)."""
+               images: list[PreparedImage] = (), audios: list[PreparedAudio] = ()) -> list[int]:
+        """Prompt ids, with each image's and audio's placeholder tokens."""
         media = {}
         if images:
             media["image"] = (self.image_token_id, [i.num_tokens for i in images])
         if audios:
             media["audio"] = (self.bundle.manifest["speech"]["config"]["audio_token_id"],
-                              [num_audio_tokens(len(a)) for a in audios])
+                              [a.num_tokens for a in audios])
         return self.tokenizer.encode_prompt(prompt, chat_template, system, media or None)
 
-    def prepare_audio(self, audio) -> np.ndarray:
-        """A path, bytes or 16 kHz float waveform, as log-mel features for the speech encoder."""
+    def prepare_audio(self, audio) -> PreparedAudio:
+        """A path, bytes, mono 16 kHz float waveform or prepared audio, as log-mel features."""
+        if isinstance(audio, PreparedAudio):
+            return audio
         if "speech" not in self.bundle.manifest:
             raise BundleError(f"{self.bundle.path}: this bundle has no speech encoder, so it cannot take audio")
-        wave = audio if isinstance(audio, np.ndarray) else load_audio(audio)
-        return log_mel(wave)
+        return PreparedAudio(log_mel(audio if isinstance(audio, np.ndarray) else load_audio(audio)))
 
-    def audio_features(self, audios: list[np.ndarray], with_image: bool) -> np.ndarray:
+    def audio_features(self, audios: list[PreparedAudio], with_image: bool) -> np.ndarray:
         """Speech embeddings (the vision_speech projection when the request also has an image)."""
         if self._speech is None:
             self._speech = SpeechEncoder(self.bundle, self._threads, self._providers)
-        return np.concatenate([self._speech(a, with_image) for a in audios])
+        return np.concatenate([self._speech(a.features, with_image) for a in audios])
 
     @property
     def image_token_id(self) -> int:

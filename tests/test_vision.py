@@ -155,8 +155,8 @@ def test_cli_image_option(mm_with_adapters, tmp_path):
 
 
 def test_original_layout_checkpoint_gives_the_same_bundle_behaviour(mm_with_adapters, tmp_path):
-    """The remote-code layout (renamed keys, LoRAs in the shards, no vision_config) exports to a
-    bundle that answers image prompts exactly as the transformers-layout export does."""
+    """The remote-code layout (renamed keys, LoRAs in the shards, no vision/audio config) exports to a
+    bundle that answers image, text and audio prompts exactly as the transformers-layout export does."""
     from phi4edge.runtime.generate import load
 
     from .checkpoints import to_original_layout
@@ -168,6 +168,10 @@ def test_original_layout_checkpoint_gives_the_same_bundle_behaviour(mm_with_adap
     image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (380, 620, 3), dtype=np.uint8))
     prepared = a.prepare_image(image)
     assert np.abs(a.image_features([prepared]) - b.image_features([prepared])).max() < 1e-5
-    for prompt, images in (("<|image_1|>What is in this picture?", [prepared]), ("Count from two.", [])):
-        assert a.generate(prompt, images=images, max_new_tokens=8).token_ids == \
-            b.generate(prompt, images=images, max_new_tokens=8).token_ids
+    wave = np.sin(np.arange(24000) / 16000 * 2 * np.pi * 330).astype(np.float32) * 0.3
+    assert np.abs(a.audio_features([a.prepare_audio(wave)], False) -
+                  b.audio_features([b.prepare_audio(wave)], False)).max() < 1e-5
+    for prompt, images, audios in (("<|image_1|>What is in this picture?", [prepared], []), ("Count from two.", [], []),
+                                   ("<|audio_1|>Transcribe the audio.", [], [wave])):
+        assert a.generate(prompt, images=images, audios=audios, max_new_tokens=8).token_ids == \
+            b.generate(prompt, images=images, audios=audios, max_new_tokens=8).token_ids
