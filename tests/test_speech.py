@@ -135,3 +135,13 @@ def test_int4_bundle_answers_an_audio_prompt(mm_with_adapters, tmp_path):
           f"mean relative audio-embedding error {np.mean(err):.3f}")
     assert np.mean(err) < 0.35   # catches a broken quantised graph; the figure itself is reported
     assert int4.generate("<|audio_1|>Hi", audios=[_wave(1.0, 9)], max_new_tokens=3).adapter == "speech"
+
+
+def test_short_clip_and_silence_end_to_end(mm_with_adapters):
+    from phi4edge.runtime.generate import load
+    _, bundle = mm_with_adapters
+    model = load(bundle)
+    for wave in (_wave(0.05, 1), np.zeros(16000, np.float32)):
+        result = model.generate("<|audio_1|>Transcribe the audio.", audios=[wave], max_new_tokens=3)
+        assert result.adapter == "speech" and result.prompt_token_ids.count(8) == num_audio_tokens(len(log_mel(wave)))
+        assert 1 <= len(result.token_ids) <= 3
