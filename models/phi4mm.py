@@ -5,6 +5,7 @@ name the same tensors differently; this maps our logical names to whichever is p
 follows transformers' convert_phi4_multimodal_weights_to_hf.py)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,8 +140,6 @@ def has_speech(ckpt: Checkpoint) -> bool:
 
 class SpeechWeights:
     def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int, tokenizer_audio_id: int | None = None):
-        import re
-        self._re = re
         self.ckpt = ckpt
         self.original = f"{AUDIO}audio_projection.speech.0.weight" in ckpt
         ac = raw_config.get("audio_config") or {}
@@ -164,7 +163,7 @@ class SpeechWeights:
     def key(self, name: str) -> str:
         if self.original:
             for pattern, repl in ORIGINAL_AUDIO_NAMES:
-                name = self._re.sub(pattern, repl, name)
+                name = re.sub(pattern, repl, name)
         key = AUDIO + name
         if key not in self.ckpt:
             raise CheckpointError(f"{self.ckpt.dir}: speech tensor '{key}' not found")
