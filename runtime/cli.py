@@ -73,6 +73,8 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, help="Nucleus sampling mass.")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+@click.option("--provider", "providers", multiple=True,
+              help="Execution provider (cpu, cuda, dml, coreml, qnn, nnapi, ...; repeatable, in order of preference).")
 @click.option("--adapter", default=None,
               help="LoRA adapter of the bundle to use (default: 'vision' with images, 'speech' with audio only, none for text).")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
@@ -83,14 +85,15 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 @friendly_errors
 def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, max_new_tokens: int,
         temperature: float | None, top_k: int, top_p: float, seed: int | None, threads: int | None,
-        adapter: str | None, images: tuple[str, ...], audios: tuple[str, ...], as_json: bool) -> None:
+        providers: tuple[str, ...], adapter: str | None, images: tuple[str, ...], audios: tuple[str, ...],
+        as_json: bool) -> None:
     """Generate an answer to one prompt."""
     from .generate import load
     from .sampling import SamplingParams
     if temperature is None:
         temperature = 1.0 if (top_k or top_p < 1.0) else 0.0
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    model = load(bundle, threads=threads)
+    model = load(bundle, threads=threads, providers=list(providers))
     on_text = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
                             chat_template=not no_chat_template, system=system, adapter=adapter,

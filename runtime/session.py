@@ -11,6 +11,26 @@ from .adapters import AdapterSet
 from .bundle import Bundle
 
 
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider",
+             "coreml": "CoreMLExecutionProvider", "qnn": "QNNExecutionProvider", "nnapi": "NnapiExecutionProvider",
+             "xnnpack": "XnnpackExecutionProvider", "webgpu": "WebGpuExecutionProvider"}
+
+
+def resolve_providers(names: list[str] | None) -> list[str]:
+    """Execution providers by short or full name, checked against this onnxruntime build; CPU is
+    always appended as the fallback for operators a provider does not take."""
+    available = ort.get_available_providers()
+    chosen = []
+    for name in names or []:
+        full = PROVIDERS.get(name.lower(), name)
+        if full not in available:
+            short = {v: k for k, v in PROVIDERS.items()}
+            raise BundleError(f"execution provider '{name}' is not in this onnxruntime build (available: "
+                              f"{', '.join(short.get(p, p) for p in available)})")
+        chosen.append(full)
+    return chosen + ([] if "CPUExecutionProvider" in chosen else ["CPUExecutionProvider"])
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -29,7 +49,7 @@ class DecoderSession:
         try:
             self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["decoder"]["graph"])),
                                                 session_options(threads),
-                                                providers=providers or ["CPUExecutionProvider"])
+                                                providers=resolve_providers(providers))
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
             raise BundleError(f"{bundle.path}: decoder graph failed to load ({e})") from None
         self.binding = self.session.io_binding()

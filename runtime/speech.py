@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle
-from .session import session_options
+from .session import resolve_providers, session_options
 
 CHUNK = 500   # the reference encodes longer inputs in chunks of 500 frames (after subsampling)
 
@@ -25,7 +25,7 @@ def key_bias(tokens: int) -> np.ndarray:
 class SpeechEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["speech"]["graph"])),
-                                            session_options(threads), providers=providers or ["CPUExecutionProvider"])
+                                            session_options(threads), providers=resolve_providers(providers))
 
     def __call__(self, log_mel: np.ndarray, with_image: bool = False) -> np.ndarray:
         """[ceil(frames / 8), text_hidden] embeddings; the vision_speech projection when the same

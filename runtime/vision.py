@@ -7,7 +7,7 @@ import onnxruntime as ort
 
 from .bundle import Bundle
 from .image import PreparedImage
-from .session import session_options
+from .session import resolve_providers, session_options
 
 NEG = np.finfo(np.float32).min   # additive mask value for padded patches (as transformers uses)
 
@@ -47,7 +47,7 @@ def token_index(image: PreparedImage) -> np.ndarray:
 class VisionEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["vision"]["graph"])),
-                                            session_options(threads), providers=providers or ["CPUExecutionProvider"])
+                                            session_options(threads), providers=resolve_providers(providers))
 
     def __call__(self, image: PreparedImage) -> np.ndarray:
         """[num_tokens, text_hidden] features for one image."""

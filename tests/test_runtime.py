@@ -104,3 +104,13 @@ def test_runtime_runs_without_torch(bundles):
         "assert len(r.token_ids) >= 1 and 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
+
+
+def test_execution_provider_choice(bundles):
+    from phi4edge.runtime.session import resolve_providers
+    assert resolve_providers(None) == ["CPUExecutionProvider"]
+    assert resolve_providers(["cpu"]) == ["CPUExecutionProvider"]
+    with pytest.raises(BundleError, match=r"'qnn' is not in this onnxruntime build \(available: .*cpu"):
+        resolve_providers(["qnn"])
+    result = CliRunner().invoke(main, ["run", str(bundles["phi4mini", "int4"]), "--prompt", "hi", "--provider", "cuda"])
+    assert result.exit_code != 0 and "'cuda' is not in this onnxruntime build" in result.output
