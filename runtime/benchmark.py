@@ -48,3 +48,103 @@ def switch_latency_ms(model: Model, a: str | None, b: str | None, switches: int 
         dec.use_adapter(name)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def read_bandwidth_gbs(megabytes: int = 512, threads: int | None = None, repeats: int = 5) -> float:
+    """Best streaming read bandwidth (GB/s): numpy sums of a large array split across threads
+    (numpy releases the GIL while summing), the ceiling a memory-bound decode step can reach."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    threads = threads or os.cpu_count() or 1
+    data = np.ones(megabytes * (1 << 20) // 4, np.float32)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def decode_bytes_per_token(bundle) -> int:
+    """Decoder weight bytes read per generated token: every initializer in the data file but the
+    rotary caches (of which one row is read) and the embedding gather (one row), unless the
+    embedding is the tied LM head, which is read whole."""
+    import onnx
+    model = onnx.load(str(bundle.file(bundle.manifest["decoder"]["graph"])), load_external_data=False)
+    tied = bundle.config.get("tie_word_embeddings", False)
+    total = 0
+    for t in model.graph.initializer:
+        length = next((int(e.value) for e in t.external_data if e.key == "length"), 0)
+        if "_cache" in t.name or (t.name.startswith("embed_tokens") and not tied):
+            continue
+        total += length
+    return total
+
+
+def prefill_tokens_per_s(model: Model, length: int) -> float:
+    prompt = (np.arange(length) % 97 + 10).tolist()
+    timings: dict = {}
+    for _ in model.stream(prompt, 1, SamplingParams(), timings):
+        pass
+    return length / (timings["prefill_ms"] / 1e3)
+
+
+def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, repeats: int = 3) -> dict:
+    """Medians over `repeats` runs after one warm-up: what `phi4edge bench` prints."""
+    import resource
+    lengths = [n for n in prompt_lengths if n + new_tokens < model.context_length]
+    runs = {f"prefill_{n}": (lambda n=n: prefill_tokens_per_s(model, n)) for n in lengths}
+    runs["decode"] = lambda: decode_tokens_per_s(model, new_tokens)
+    runs["ttft_ms"] = lambda: _ttft_ms(model)
+    for name in model.adapters[:1]:
+        runs[f"decode_with_{name}"] = lambda name=name: decode_tokens_per_s(model, new_tokens, adapter=name)
+    samples = interleaved(runs, repeats)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before the bandwidth probe
+    bandwidth = read_bandwidth_gbs()
+    per_token = decode_bytes_per_token(model.bundle)
+    roofline = bandwidth * 1e9 / per_token
+    result = {
+        "prefill_tokens_per_s": {n: med[f"prefill_{n}"] for n in lengths},
+        "decode_tokens_per_s": med["decode"], "time_to_first_token_ms": med["ttft_ms"],
+        "decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth,
+        "roofline_tokens_per_s": roofline, "fraction_of_roofline": med["decode"] / roofline,
+        "repeats": repeats, "new_tokens": new_tokens,
+    }
+    if model.adapters:
+        name = model.adapters[0]
+        result["adapter"] = {"name": name, "decode_tokens_per_s": med[f"decode_with_{name}"],
+                             "switch_latency_ms": switch_latency_ms(model, None, name)}
+    for kind, make, encode in (("image", _test_image, "image_features"), ("audio", _test_audio, "audio_features")):
+        manifest_key = "vision" if kind == "image" else "speech"
+        if manifest_key in model.bundle.manifest:
+            item = make(model)
+            fn = (lambda: getattr(model, encode)([item])) if kind == "image" else \
+                (lambda: getattr(model, encode)([item], False))
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            result[f"{kind}_encode_ms"] = statistics.median(times)
+    result["peak_rss_mb"] = peak_rss_mb
+    return result
+
+
+def _ttft_ms(model: Model, length: int = 128) -> float:
+    start = time.perf_counter()
+    next(iter(model.stream((np.arange(length) % 97 + 10).tolist(), 1, SamplingParams())))
+    return (time.perf_counter() - start) * 1e3
+
+
+def _test_image(model: Model):
+    from PIL import Image
+    return model.prepare_image(Image.new("RGB", (896, 448), (120, 60, 30)))   # 2 crops + global
+
+
+def _test_audio(model: Model):
+    t = np.arange(5 * 16000) / 16000
+    return model.prepare_audio((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))   # 5 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -106,6 +107,26 @@ def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, ma
         speed = f", {t['decode_tokens_per_s']:.1f} tok/s" if t.get("decode_tokens_per_s") else ""
         click.echo(f"[{len(result.token_ids)} tokens, {result.finish_reason}; prefill {t['prefill_ms']:.0f} ms{speed}]",
                    err=True)
+
+
+@main.command("bench")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@friendly_errors
+def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, output: str | None) -> None:
+    """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders."""
+    from .benchmark import bench
+    from .generate import load
+    result = bench(load(bundle, threads=threads), new_tokens=new_tokens, repeats=repeats)
+    for key, value in result.items():
+        click.echo(f"{key:26s} {json.dumps(value) if isinstance(value, dict) else f'{value:.4g}'}", err=True)
+    text = json.dumps(result, indent=2)
+    if output:
+        Path(output).write_text(text + "\n")
+    click.echo(text)
 
 
 @main.command()
