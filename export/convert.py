@@ -27,7 +27,8 @@ from .vision import VisionBuilder
 from .graph import Graph, WeightFile
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "generation_config.json")
+                   "added_tokens.json", "chat_template.jinja", "generation_config.json",
+                   "preprocessor_config.json", "processor_config.json")
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")
 
 
@@ -65,6 +66,13 @@ def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: 
     for adapter in found:
         check_fits(adapter, cfg)
     return found
+
+
+def max_crops(model_dir: Path) -> int:
+    """The image processor's crop limit (`dynamic_hd`, 36 in the published preprocessor config)."""
+    path = model_dir / "preprocessor_config.json"
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    return int(settings.get("dynamic_hd") or (settings.get("image_processor") or {}).get("dynamic_hd") or 36)
 
 
 def export_encoder(kind: str, builder, weights, layers: int, quant: QuantConfig | None, out: Path,
@@ -122,6 +130,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         if vision_weights:
             encoders["vision"] = export_encoder("vision", VisionBuilder, vision_weights, vision_weights.cfg.num_layers,
                                                 quant, tmp, show_progress)
+            encoders["vision"]["dynamic_hd"] = max_crops(model_dir)
         if speech_weights:
             encoders["speech"] = export_encoder("speech", SpeechBuilder, speech_weights, speech_weights.cfg.num_blocks,
                                                 quant, tmp, show_progress)

@@ -9,11 +9,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..models.errors import BundleError
+from .audio import PreparedAudio, load_audio, log_mel
 from .bundle import Bundle, open_bundle
+from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
-from .audio import PreparedAudio, load_audio, log_mel
-from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder

@@ -175,3 +175,17 @@ def test_original_layout_checkpoint_gives_the_same_bundle_behaviour(mm_with_adap
                                    ("<|audio_1|>Transcribe the audio.", [], [wave])):
         assert a.generate(prompt, images=images, audios=audios, max_new_tokens=8).token_ids == \
             b.generate(prompt, images=images, audios=audios, max_new_tokens=8).token_ids
+
+
+def test_crop_limit_comes_from_the_preprocessor_config(mm_with_adapters, tmp_path):
+    import json
+    import shutil
+
+    from phi4edge.runtime.generate import load
+    _, bundle = mm_with_adapters
+    ck = tmp_path / "ck"
+    shutil.copytree(bundle.parent / "native", ck)
+    (ck / "preprocessor_config.json").write_text(json.dumps({"dynamic_hd": 4}))
+    model = load(export_model(ck, tmp_path / "b", precision="fp32", show_progress=False))
+    assert model.bundle.manifest["vision"]["dynamic_hd"] == 4
+    assert model.prepare_image(Image.new("RGB", (4000, 1000))).grid == (1, 4)   # 36 would allow 9x2
