@@ -115,12 +115,17 @@ def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, ma
 @click.option("--new-tokens", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also draw a PNG chart here.")
 @friendly_errors
-def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, output: str | None) -> None:
+def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, output: str | None,
+              chart: str | None) -> None:
     """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders."""
     from .benchmark import bench
     from .generate import load
     result = bench(load(bundle, threads=threads), new_tokens=new_tokens, repeats=repeats)
+    if chart:
+        from .chart import bench_chart
+        bench_chart(result, chart, f"phi4edge bench: {Path(bundle).name}")
     for key, value in result.items():
         click.echo(f"{key:26s} {json.dumps(value) if isinstance(value, dict) else f'{value:.4g}'}", err=True)
     text = json.dumps(result, indent=2)

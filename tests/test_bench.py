@@ -12,10 +12,12 @@ from phi4edge.runtime.cli import main
 
 def test_bench_text_bundle(bundles, tmp_path):
     out = tmp_path / "bench.json"
+    chart = tmp_path / "bench.png"
     result = CliRunner().invoke(main, ["bench", str(bundles["phi4mini", "int4"]), "--repeats", "1",
-                                       "--new-tokens", "4", "-o", str(out)])
+                                       "--new-tokens", "4", "-o", str(out), "--chart", str(chart)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
     assert set(data["prefill_tokens_per_s"]) == {"16", "128", "512"}
     assert data["decode_tokens_per_s"] > 0 and data["time_to_first_token_ms"] > 0 and data["peak_rss_mb"] > 0
     assert data["read_bandwidth_gbs"] > 0 and 0 < data["fraction_of_roofline"]
