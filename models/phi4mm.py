@@ -14,13 +14,13 @@ from .checkpoint import Checkpoint
 from .errors import CheckpointError
 
 IMAGE = "model.embed_tokens_extend.image_embed."
-# logical name -> original-layout name, where they differ
-ORIGINAL_NAMES = {
-    "img_projection_up": "img_projection.0",
-    "img_projection_down": "img_projection.2",
-    "global_img_feature_extensor": "glb_GN",
-    "sub_img_feature_extensor": "sub_GN",
-}
+# transformers-native name pattern -> original remote-code replacement, where they differ
+ORIGINAL_IMAGE_NAMES = [
+    (r"^img_projection_up", "img_projection.0"),
+    (r"^img_projection_down", "img_projection.2"),
+    (r"^global_img_feature_extensor", "glb_GN"),
+    (r"^sub_img_feature_extensor", "sub_GN"),
+]
 SIGLIP_HEAD_DIM = 72   # so400m: 1152 / 16; original checkpoints hard-code the head count in code
 
 
@@ -52,23 +52,37 @@ def has_vision(ckpt: Checkpoint) -> bool:
 IMAGE_TOKEN = "<|endoftext10|>"   # the placeholder the original remote code hard-codes (id 200010)
 
 
-class VisionWeights:
-    def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int, tokenizer_image_id: int | None = None):
+class EncoderWeights:
+    """An encoder's tensors by transformers-native name, in whichever layout the checkpoint has."""
+
+    kind: str                             # "vision" or "speech", for messages
+    prefix: str                           # key prefix of the encoder's tensors
+    renames: list[tuple[str, str]]        # native pattern -> original-layout replacement
+    original_marker: str                  # a key only the original layout has
+
+    def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
-        self.original = f"{IMAGE}glb_GN" in ckpt
-        self.cfg = self._config(raw_config, text_hidden, tokenizer_image_id)
+        self.original = self.prefix + self.original_marker in ckpt
 
     def key(self, name: str) -> str:
         if self.original:
-            for new, old in ORIGINAL_NAMES.items():
-                name = name.replace(new, old)
-        key = IMAGE + name
+            for pattern, repl in self.renames:
+                name = re.sub(pattern, repl, name)
+        key = self.prefix + name
         if key not in self.ckpt:
-            raise CheckpointError(f"{self.ckpt.dir}: vision tensor '{key}' not found")
+            raise CheckpointError(f"{self.ckpt.dir}: {self.kind} tensor '{key}' not found")
         return key
 
     def get(self, name: str) -> np.ndarray:
         return self.ckpt.get(self.key(name))
+
+
+class VisionWeights(EncoderWeights):
+    kind, prefix, renames, original_marker = "vision", IMAGE, ORIGINAL_IMAGE_NAMES, "glb_GN"
+
+    def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int, tokenizer_image_id: int | None = None):
+        super().__init__(ckpt)
+        self.cfg = self._config(raw_config, text_hidden, tokenizer_image_id)
 
     def _config(self, raw: dict, text_hidden: int, tokenizer_image_id: int | None) -> VisionConfig:
         patch = self.ckpt.shape(self.key("img_processor.embeddings.patch_embedding.weight"))
@@ -138,10 +152,11 @@ def has_speech(ckpt: Checkpoint) -> bool:
     return any(k.startswith(AUDIO) for k in ckpt.keys())
 
 
-class SpeechWeights:
+class SpeechWeights(EncoderWeights):
+    kind, prefix, renames, original_marker = "speech", AUDIO, ORIGINAL_AUDIO_NAMES, "audio_projection.speech.0.weight"
+
     def __init__(self, ckpt: Checkpoint, raw_config: dict, text_hidden: int, tokenizer_audio_id: int | None = None):
-        self.ckpt = ckpt
-        self.original = f"{AUDIO}audio_projection.speech.0.weight" in ckpt
+        super().__init__(ckpt)
         ac = raw_config.get("audio_config") or {}
         orig = (raw_config.get("audio_processor") or {}).get("config") or {}
         hidden = self.ckpt.shape(self.key("encoder.embed.out.weight"))[0]
@@ -159,18 +174,6 @@ class SpeechWeights:
             kernel_size=self.ckpt.shape(self.key("encoder.encoders.0.conv.dw_sep_conv_1d.dw_conv.weight"))[-1],
             bias_max_distance=int(max_distance or buckets // 2), time_reduction=8,
             audio_token_id=int(ac.get("audio_token_id") or tokenizer_audio_id or 200011), text_hidden_size=text_hidden)
-
-    def key(self, name: str) -> str:
-        if self.original:
-            for pattern, repl in ORIGINAL_AUDIO_NAMES:
-                name = re.sub(pattern, repl, name)
-        key = AUDIO + name
-        if key not in self.ckpt:
-            raise CheckpointError(f"{self.ckpt.dir}: speech tensor '{key}' not found")
-        return key
-
-    def get(self, name: str) -> np.ndarray:
-        return self.ckpt.get(self.key(name))
 
     def subsampling_layers(self) -> list[SubsamplingConv]:
         """The NeMo subsampling Sequential: stride-2 3x3 convs (the later ones depthwise), 1x1
