@@ -75,3 +75,20 @@ def mm_with_adapters(tmp_path_factory):
         save_peft_adapter(pm, name, ck / f"{name}-lora")
     bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
     return pm, bundle
+
+
+@pytest.fixture(scope="session")
+def mm(tmp_path_factory):
+    """A tiny random Phi-4-multimodal (transformers layout, no adapters), its fp32 bundle, and
+    transformers' model as the reference."""
+    import torch
+    from transformers import Phi4MultimodalForCausalLM
+
+    from .checkpoints import make_phi4mm
+    root = tmp_path_factory.mktemp("phi4mm")
+    ck = make_phi4mm(root / "native")
+    bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
+    # eager attention: transformers 5.23 marks the SigLIP attention is_causal=True, so under SDPA an
+    # unpadded crop (no mask) gets causal attention; SigLIP, and the original model, are bidirectional
+    ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()
+    return ck, bundle, ref

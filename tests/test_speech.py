@@ -10,17 +10,6 @@ from phi4edge.runtime.audio import log_mel, num_audio_tokens
 from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.speech import SpeechEncoder
 
-from .checkpoints import make_phi4mm
-
-
-@pytest.fixture(scope="module")
-def mm(tmp_path_factory):
-    from transformers import Phi4MultimodalForCausalLM
-    root = tmp_path_factory.mktemp("phi4mm-speech")
-    ck = make_phi4mm(root / "native")
-    bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
-    ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()
-    return bundle, ref
 
 
 @pytest.mark.parametrize("seconds", [0.3, 2.0, 45.0])
@@ -28,7 +17,7 @@ def mm(tmp_path_factory):
 def test_audio_embeddings_match_transformers(seconds, mode, mm):
     """Same log-mel in: our speech graph equals transformers' audio embedding, for the speech and
     the vision_speech projection; 45 s exercises the reference's 500-frame chunking."""
-    bundle, ref = mm
+    _, bundle, ref = mm
     rng = np.random.default_rng(int(seconds * 10))
     wave = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
     feats = log_mel(wave)

@@ -11,21 +11,8 @@ from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.image import PreparedImage, preprocess
 from phi4edge.runtime.vision import VisionEncoder
 
-from .checkpoints import make_phi4mm
 
 SIZES = [(448, 448), (500, 300), (900, 1300), (2000, 450)]
-
-
-@pytest.fixture(scope="module")
-def mm(tmp_path_factory):
-    from transformers import Phi4MultimodalForCausalLM
-    root = tmp_path_factory.mktemp("phi4mm")
-    ck = make_phi4mm(root / "native")
-    bundle = export_model(ck, root / "fp32", precision="fp32", show_progress=False)
-    # eager attention: transformers 5.23 marks the SigLIP attention is_causal=True, so under SDPA an
-    # unpadded crop (no mask) gets causal attention; SigLIP, and the original model, are bidirectional
-    ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()
-    return ck, bundle, ref
 
 
 def reference_features(ref, inputs) -> np.ndarray:
