@@ -117,21 +117,25 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
         name = model.adapters[0]
         result["adapter"] = {"name": name, "decode_tokens_per_s": med[f"decode_with_{name}"],
                              "switch_latency_ms": switch_latency_ms(model, None, name)}
-    for kind, make, encode in (("image", _test_image, "image_features"), ("audio", _test_audio, "audio_features")):
-        manifest_key = "vision" if kind == "image" else "speech"
-        if manifest_key in model.bundle.manifest:
-            item = make(model)
-            fn = (lambda: getattr(model, encode)([item])) if kind == "image" else \
-                (lambda: getattr(model, encode)([item], False))
-            fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            result[f"{kind}_encode_ms"] = statistics.median(times)
+    if "vision" in model.bundle.manifest:
+        image = _test_image(model)
+        result["image_encode_ms"] = _median_ms(lambda: model.image_features([image]), repeats)
+    if "speech" in model.bundle.manifest:
+        audio = _test_audio(model)
+        result["audio_encode_ms"] = _median_ms(lambda: model.audio_features([audio], False), repeats)
     result["peak_rss_mb"] = peak_rss_mb
     return result
+
+
+def _median_ms(fn, repeats: int) -> float:
+    """Median wall time of fn after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def _ttft_ms(model: Model, length: int = 128) -> float:
