@@ -147,3 +147,21 @@ def read_phi4mm(ckpt: Checkpoint, raw_config: dict) -> list[LoraAdapter]:
         adapters.append(LoraAdapter(name, source, ckpt, _pairs(found, name, source),
                                     lambda layer, module, rank, alpha=alpha: _scale(alpha, rank, False), alpha))
     return adapters
+
+
+def save_peft_adapter(model, name: str, path: Path, prefix: bool = True) -> Path:
+    """One adapter of a peft `PeftModel` as a PEFT folder (adapter_config.json +
+    adapter_model.safetensors), keys with or without the `base_model.model.` prefix.
+    Needs torch and peft (export-time only)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    if not prefix:
+        state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
+    config = model.peft_config[name].to_dict()
+    if isinstance(config["target_modules"], set):
+        config["target_modules"] = sorted(config["target_modules"])
+    (path / "adapter_config.json").write_text(json.dumps(config, default=str, indent=2))
+    return path

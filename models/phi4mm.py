@@ -188,3 +188,18 @@ class SpeechWeights(EncoderWeights):
                                           out_ch if (strided and in_per_group == 1 and i > 0) else 1,
                                           i + 1 not in indices))
         return layers
+
+
+LM_LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj)\.weight$")
+
+
+def original_key(key: str) -> str:
+    """A transformers-native (or peft-wrapped) key as the original remote-code checkpoint names it:
+    encoder keys renamed, and LoRA-carrying linears' weights under `base_layer`."""
+    for prefix, renames in ((IMAGE, ORIGINAL_IMAGE_NAMES), (AUDIO, ORIGINAL_AUDIO_NAMES)):
+        if key.startswith(prefix):
+            name = key[len(prefix):]
+            for pattern, repl in renames:
+                name = re.sub(pattern, repl, name)
+            return prefix + name
+    return key.replace(".weight", ".base_layer.weight") if LM_LINEAR.match(key) else key

@@ -77,7 +77,8 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 @click.option("--provider", "providers", multiple=True,
               help="Execution provider (cpu, cuda, dml, coreml, qnn, nnapi, ...; repeatable, in order of preference).")
 @click.option("--adapter", default=None,
-              help="LoRA adapter of the bundle to use (default: 'vision' with images, 'speech' with audio only, none for text).")
+              help="LoRA adapter of the bundle to use (default: 'vision' with images, 'speech' with audio only, "
+                   "none for text; 'none' forces the base model).")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image for <|image_N|> in the prompt (repeatable; placed before the text without placeholders).")
 @click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
@@ -132,6 +133,76 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
     if output:
         Path(output).write_text(text + "\n")
     click.echo(text)
+
+
+@main.command("eval")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--set", "eval_set", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Evaluation folder (image.jsonl, speech.jsonl, text.jsonl); default: the embedded model's held-out sets.")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["routed", "none", "swapped", "all"]),
+              default=("routed",), show_default=True,
+              help="Adapter per image/audio item: as routed, none (base model), or the other modality's (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N items of each set.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def eval_cmd(bundle: str, eval_set: str | None, modes: tuple[str, ...], limit: int | None, threads: int | None,
+             as_json: bool) -> None:
+    """Score a bundle on held-out sets: image accuracy, speech WER, text perplexity."""
+    from tqdm import tqdm
+
+    from .evaluate import EMBEDDED_EVAL, MODES, evaluate
+    from .generate import load
+    modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
+    bars = []
+
+    def progress(total: int):
+        bars.append(tqdm(total=total, desc="eval", unit="item", disable=as_json))
+        return lambda: bars[-1].update()
+    report = evaluate(load(bundle, threads=threads), Path(eval_set) if eval_set else EMBEDDED_EVAL, modes, limit, progress)
+    for bar in bars:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"set {report['set']}: " + ", ".join(f"{n} {k}" for k, n in report["items"].items()))
+    for mode in modes:
+        s = report[mode]
+        parts = ([f"image accuracy {s['image_accuracy']:.1%}"] if "image_accuracy" in s else []) + \
+                ([f"speech WER {s['speech_wer']:.1%} (exact {s['speech_exact']:.1%})"] if "speech_wer" in s else [])
+        click.echo(f"adapters {mode:8s} " + ", ".join(parts))
+    if "text_perplexity" in report:
+        click.echo(f"text perplexity {report['text_perplexity']:.3f}")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
+              help="Where to export the embedded model (default: ~/.cache/phi4edge/embedded-PRECISION).")
+@click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
+@click.option("--force", is_flag=True, help="Export again even if the bundle exists.")
+@friendly_errors
+def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
+    """Export the embedded tiny Phi-4-multimodal and answer a text, an image and an audio prompt."""
+    from ..export import export_model
+    from .generate import load
+    embedded = Path(__file__).resolve().parent.parent / "models" / "embedded"
+    bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"
+    if force or not (bundle / "manifest.json").is_file():
+        export_model(embedded / "checkpoint", bundle, precision=precision, force=True)
+    model = load(bundle)
+    samples = json.loads((embedded / "samples" / "samples.json").read_text())
+    requests = [("text", "Count from three to seven.", "three four five six seven", {}),
+                ("image", samples["image"]["prompt"], samples["image"]["answer"],
+                 {"images": [str(embedded / "samples" / samples["image"]["file"])]}),
+                ("audio", samples["audio"]["prompt"], samples["audio"]["answer"],
+                 {"audios": [str(embedded / "samples" / samples["audio"]["file"])]})]
+    click.echo(f"bundle {bundle} ({precision})")
+    for kind, prompt, expected, media in requests:
+        result = model.generate(prompt, max_new_tokens=24, **media)
+        files = ", ".join(Path(f).name for f in media.get("images", []) + media.get("audios", []))
+        click.echo(f"\n[{kind}] {prompt}" + (f"  ({files})" if files else ""))
+        click.echo(f"  answer:   {result.text.strip()}   (adapter: {result.adapter or 'none'})")
+        click.echo(f"  expected: {expected}")
 
 
 @main.command()

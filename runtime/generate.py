@@ -18,6 +18,8 @@ from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder
 
+NO_ADAPTER = "none"   # generate(adapter=NO_ADAPTER): the base model even for image/audio requests
+
 
 @dataclass
 class GenerationResult:
@@ -150,8 +152,9 @@ class Model:
                  on_text: Callable[[str], None] | None = None) -> GenerationResult:
         """Answer one prompt. `images` (paths, bytes, PIL images) and `audios` (paths, bytes, 16 kHz
         waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
-        Routing, unless `adapter` names one: images -> the `vision` adapter (audio then through
-        the vision_speech projection); audio alone -> the `speech` adapter; text -> none."""
+        Routing, unless `adapter` names one (or is NO_ADAPTER, "none": the base model): images ->
+        the `vision` adapter (audio then through the vision_speech projection); audio alone -> the
+        `speech` adapter; text -> none."""
         prepared = [self.prepare_image(i) for i in images]
         mels = [self.prepare_audio(a) for a in audios]
         if isinstance(prompt, str):
@@ -171,6 +174,8 @@ class Model:
         if adapter is None and media:
             wanted = "vision" if prepared else "speech"
             adapter = wanted if wanted in self.adapters else None
+        elif adapter == NO_ADAPTER:
+            adapter = None
         text_stream = self.tokenizer.stream()
         ids: list[int] = []
         for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter, media or None):

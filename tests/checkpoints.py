@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
+from phi4edge.models.phi4mm import original_key
 from phi4edge.models.tokenizer import save_tokenizer, train_tokenizer
 
 
@@ -95,24 +96,6 @@ def peft_model(base: Phi3ForCausalLM, adapters: dict[str, dict], seed: int = 0):
     return model.eval()
 
 
-def save_peft_adapter(model, name: str, path: Path, prefix: bool = True) -> Path:
-    """One adapter of a PeftModel as PEFT saves it (optionally without the base_model.model. prefix)."""
-    import json as _json
-
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-    state = get_peft_model_state_dict(model, adapter_name=name)
-    if not prefix:
-        state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path / "adapter_model.safetensors"))
-    config = model.peft_config[name].to_dict()
-    config["target_modules"] = sorted(config["target_modules"]) if isinstance(config["target_modules"], set) \
-        else config["target_modules"]
-    (path / "adapter_config.json").write_text(_json.dumps(config, default=str))
-    return path
-
-
 def phi4mm_config(**text):
     """A tiny Phi4MultimodalConfig: the phi4mini-like LM plus shrunk vision and audio encoders.
     Vision head_dim is 72 as in SigLIP-so400m (original-layout checkpoints imply heads from it);
@@ -148,40 +131,17 @@ def make_phi4mm(path: Path, seed: int = 0) -> Path:
     return path
 
 
-# transformers-native name -> original remote-code name (the reverse of transformers'
-# convert_phi4_multimodal_weights_to_hf.py STATE_DICT_MAPPING)
-TO_ORIGINAL = [
-    (r"image_embed\.img_projection_up", "image_embed.img_projection.0"),
-    (r"image_embed\.img_projection_down", "image_embed.img_projection.2"),
-    (r"image_embed\.global_img_feature_extensor", "image_embed.glb_GN"),
-    (r"image_embed\.sub_img_feature_extensor", "image_embed.sub_GN"),
-    (r"feed_forward_(in|out)\.gate_up_proj", r"feed_forward_\1.net.0.linear"),
-    (r"feed_forward_(in|out)\.down_proj", r"feed_forward_\1.net.2"),
-    (r"encoders\.(\d+)\.self_attn\.(q|k|v)_proj", r"encoders.\1.self_attn.linear_\2"),
-    (r"encoders\.(\d+)\.self_attn\.o_proj", r"encoders.\1.self_attn.linear_out"),
-    (r"audio_embed\.up_proj_for_speech", "audio_embed.audio_projection.speech.0"),
-    (r"audio_embed\.down_proj_for_speech", "audio_embed.audio_projection.speech.2"),
-    (r"audio_embed\.up_proj_for_vision_speech", "audio_embed.audio_projection.vision.0"),
-    (r"audio_embed\.down_proj_for_vision_speech", "audio_embed.audio_projection.vision.2"),
-]
-
-
 def to_original_layout(native: Path, pm, out: Path) -> Path:
     """Rewrite a native checkpoint (and the peft model's vision/speech LoRAs) in the original
     Phi-4-multimodal layout: renamed encoder keys, LoRA inside the shards around `base_layer`,
     and the remote-code config fields (embd_layer, vision_lora, speech_lora)."""
     import json as _json
-    import re
 
     from safetensors.torch import load_file, save_file
     state = {}
     for shard in sorted(native.glob("model*.safetensors")):
         for key, value in load_file(shard).items():
-            for pattern, repl in TO_ORIGINAL:
-                key = re.sub(pattern, repl, key)
-            if re.match(r"model\.layers\.\d+\.(self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj)\.weight$", key):
-                key = key.replace(".weight", ".base_layer.weight")
-            state[key] = value
+            state[original_key(key)] = value
     for name, tensor in pm.base_model.model.state_dict().items():
         if ".lora_" in name:
             state[name] = tensor.detach().clone().to(torch.bfloat16)

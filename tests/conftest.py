@@ -65,7 +65,9 @@ def mm_with_adapters(tmp_path_factory):
     import torch
     from transformers import Phi4MultimodalForCausalLM
 
-    from .checkpoints import make_phi4mm, peft_model, save_peft_adapter
+    from phi4edge.models.lora import save_peft_adapter
+
+    from .checkpoints import make_phi4mm, peft_model
     root = tmp_path_factory.mktemp("phi4mm-lora")
     ck = make_phi4mm(root / "native")
     ref = Phi4MultimodalForCausalLM.from_pretrained(ck, dtype=torch.float32, attn_implementation="eager").eval()

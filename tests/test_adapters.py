@@ -15,10 +15,11 @@ from safetensors.torch import save_file
 
 from phi4edge.export import export_model
 from phi4edge.models.errors import BundleError, CheckpointError
+from phi4edge.models.lora import save_peft_adapter
 from phi4edge.runtime.cli import main
 from phi4edge.runtime.generate import load
 
-from .checkpoints import load_reference, make_phi3, peft_model, phi3_config, save_peft_adapter
+from .checkpoints import load_reference, make_phi3, peft_model, phi3_config
 
 ALL = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 PROMPTS = ["Count from two.", "Count from five.", "Explain GQA in one paragraph."]

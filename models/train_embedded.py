@@ -1,0 +1,339 @@
+"""Train the embedded tiny Phi-4-multimodal with the paper's recipe and write it in the original
+checkpoint layout, with its held-out evaluation sets and demo samples.
+
+    python -m phi4edge.models.train_embedded -o models/embedded      (needs torch, transformers,
+                                                                       peft and espeak-ng)
+Stages (Phi-4-multimodal, section 2): 1. the language model on text, then frozen; 2. vision
+encoder + projector + `vision` LoRA on rendered images; 3. speech encoder + projector + `speech`
+LoRA on synthesised speech. The model is `Phi4MultimodalForCausalLM` with shrunk sizes (GQA,
+partial rotary, LongRoPE and tied embeddings kept); LoRAs are peft's. Seeds are fixed, so a run
+on the same library versions and CPU regenerates the shipped weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import soundfile
+import soxr
+import torch
+from tqdm import tqdm
+
+from ..runtime.audio import SAMPLE_RATE, log_mel, num_audio_tokens
+from ..runtime.image import ImageSettings, preprocess
+from ..runtime.tokenizer import ChatTokenizer
+from . import tasks
+from .lora import save_peft_adapter
+from .phi4mm import original_key
+from .tokenizer import save_tokenizer, train_tokenizer
+
+SEED = 20261124
+IMAGES = ImageSettings(crop_size=112, patch_size=14, dynamic_hd=16)
+IMAGE_ID, AUDIO_ID = 7, 8          # <|endoftext10|>, <|endoftext11|> in our tokenizer
+LM_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
+LORA = {"vision": dict(r=32, lora_alpha=64), "speech": dict(r=40, lora_alpha=80)}   # alpha/r = 2, as the real model
+EVAL_SIZES = {"image": 300, "speech": 200, "text": 200}
+
+
+def model_config(vocab: int):
+    """Phi-4-mini's shape at a small scale: 4 layers, hidden 256, 4 query / 2 KV heads of 64,
+    partial rotary 0.75 with LongRoPE; SigLIP-style vision at 112-pixel crops; a 4-block conformer."""
+    from transformers import Phi4MultimodalConfig
+    gen = torch.Generator().manual_seed(SEED)
+    half = int(64 * 0.75) // 2
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+            "original_max_position_embeddings": 4096,
+            "short_factor": (1 + 0.1 * torch.rand(half, generator=gen)).tolist(),
+            "long_factor": (1 + 4 * torch.rand(half, generator=gen)).tolist()}
+    return Phi4MultimodalConfig(
+        vocab_size=vocab, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=16384, original_max_position_embeddings=4096,
+        rope_parameters=rope, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        vision_config=dict(hidden_size=144, intermediate_size=288, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=112, crop_size=112, patch_size=14, image_token_id=IMAGE_ID),
+        audio_config=dict(hidden_size=128, intermediate_size=256, num_blocks=4, num_attention_heads=4,
+                          ext_pw_out_channel=128, depthwise_separable_out_channel=128, nemo_conv_channels=64,
+                          audio_token_id=AUDIO_ID, bias_max_distance=50))
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(map(len, rows))
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def batch(tok: ChatTokenizer, items: list[tuple[str, str]], media: list[dict] | None = None) -> dict:
+    """input_ids / attention_mask / labels for (prompt, answer) chats; loss on the answer only."""
+    ids, labels = [], []
+    for i, (prompt, answer) in enumerate(items):
+        p = tok.encode_prompt(prompt, media=media[i] if media else None)
+        a = tok.tokenizer.encode(answer + "<|end|>", add_special_tokens=False).ids
+        ids.append(p + a)
+        labels.append([-100] * len(p) + a)
+    input_ids = pad(ids, 0)
+    return {"input_ids": input_ids, "attention_mask": pad([[1] * len(r) for r in ids], 0), "labels": pad(labels, -100)}
+
+
+def train(model, params, steps: int, lr: float, make_batch, desc: str) -> float:
+    """AdamW with warm-up and cosine decay; returns the last 20 steps' mean loss."""
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    model.train()
+    losses = []
+    with tqdm(range(steps), desc=desc, unit="step") as bar:
+        for _ in bar:
+            loss = model(**make_batch()).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step(), sched.step(), opt.zero_grad()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    model.eval()
+    return float(np.mean(losses[-20:]))
+
+
+def image_batch(tok: ChatTokenizer, rng: random.Random, fonts, size: int,
+                items: list[tasks.ImageItem] | None = None) -> dict:
+    """`size` rendered images of one random size (same crop grid, so no crop padding)."""
+    dims = (rng.randrange(60, 337), rng.randrange(60, 337))
+    items = items or [tasks.image_item(rng, fonts, dims) for _ in range(size)]
+    prepared = [preprocess(i.image, IMAGES) for i in items]
+    out = batch(tok, [(i.question, i.answer) for i in items], [{"image": (IMAGE_ID, [p.num_tokens])} for p in prepared])
+    rows, cols = prepared[0].grid
+    out |= {"image_pixel_values": torch.from_numpy(np.stack([p.pixel_values for p in prepared])),
+            "image_attention_mask": torch.from_numpy(np.ascontiguousarray(np.stack([p.patch_mask for p in prepared]))).long(),
+            "image_sizes": torch.tensor([[rows * IMAGES.crop_size, cols * IMAGES.crop_size]] * size)}
+    return out
+
+
+def to_16k(item: tasks.SpeechItem) -> np.ndarray:
+    return item.wave if item.rate == SAMPLE_RATE else soxr.resample(item.wave, item.rate, SAMPLE_RATE, quality="HQ")
+
+
+def speech_batch(tok: ChatTokenizer, pool: list[tuple[np.ndarray, str]], rng: random.Random, size: int) -> dict:
+    """`size` clips, padded at the end with low noise to the longest (no attention mask needed)."""
+    picked = [pool[rng.randrange(len(pool))] for _ in range(size)]
+    length = max(len(w) for w, _ in picked)
+    noise = np.random.default_rng(rng.randrange(1 << 30))
+    waves = [np.concatenate([w, noise.normal(0, 1e-3, length - len(w)).astype(np.float32)]) for w, _ in picked]
+    feats = np.stack([log_mel(w) for w in waves])
+    n = num_audio_tokens(feats.shape[1])
+    out = batch(tok, [(tasks.SPEECH_PROMPT, t) for _, t in picked], [{"audio": (AUDIO_ID, [n])}] * size)
+    out |= {"audio_input_features": torch.from_numpy(feats), "audio_embed_sizes": torch.tensor([n] * size)}
+    return out
+
+
+def greedy_accuracy(model, tok: ChatTokenizer, examples: list[tuple[dict, str]]) -> float:
+    """Share of examples whose greedy answer equals the expected text. A plain loop of full
+    forwards (answers are a few tokens), since generate() mangles the image attention mask."""
+    right = 0
+    with torch.no_grad():
+        for inputs, answer in examples:
+            ids = inputs["input_ids"]
+            for _ in range(12):
+                token = model(**(inputs | {"input_ids": ids})).logits[0, -1].argmax()
+                if int(token) in (0, 4):
+                    break
+                ids = torch.cat([ids, token.view(1, 1)], dim=1)
+            text = tok.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
+            right += text.strip() == answer
+    return right / len(examples)
+
+
+def prompt_only(b: dict, i: int) -> dict:
+    """Row i of a batch, cut to its prompt (for generate)."""
+    start = int((b["labels"][i] != -100).nonzero()[0])
+    out = {"input_ids": b["input_ids"][i:i + 1, :start]}
+    for k in ("image_pixel_values", "image_attention_mask", "image_sizes", "audio_input_features", "audio_embed_sizes"):
+        if k in b:
+            out[k] = b[k][i:i + 1]
+    return out
+
+
+def write_checkpoint(pm, cfg, tok_dir: Path, out: Path) -> None:
+    """The original Phi-4-multimodal layout: LoRAs inside the shards around `base_layer`, renamed
+    encoder keys, remote-code config fields, plus vision-lora/ and speech-lora/ PEFT folders."""
+    from safetensors.torch import save_file
+    state = {original_key(k): v.detach().to(torch.bfloat16).contiguous()
+             for k, v in pm.base_model.model.state_dict().items() if k != "lm_head.weight"}
+    keys = sorted(state)
+    shards = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
+    index = {}
+    for i, part in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: state[k] for k in part}, str(out / name), metadata={"format": "pt"})
+        index |= {k: name for k in part}
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(v.numel() * 2 for v in state.values())}, "weight_map": index}, indent=1))
+    text = cfg.to_dict()
+    vision, audio = cfg.vision_config, cfg.audio_config
+    rope = text["rope_parameters"]
+    config = {
+        "architectures": ["Phi4MMForCausalLM"], "model_type": "phi4mm", "torch_dtype": "bfloat16",
+        **{k: text[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                                "original_max_position_embeddings", "rms_norm_eps", "bos_token_id",
+                                "eos_token_id", "pad_token_id", "tie_word_embeddings")},
+        "hidden_act": "silu", "partial_rotary_factor": rope["partial_rotary_factor"], "rope_theta": rope["rope_theta"],
+        "rope_scaling": {"type": "longrope", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]},
+        "sliding_window": None, "attention_bias": False, "lm_head_bias": False, "mlp_bias": False,
+        "embd_layer": {
+            "embedding_cls": "image_audio",
+            "image_embd_layer": {"crop_size": vision.crop_size, "embedding_cls": "tune_image",
+                                 "hd_transform_order": "sub_glb", "image_token_compression_cls": "avg_pool_2d",
+                                 "projection_cls": "mlp", "use_hd_transform": True, "with_learnable_separator": True},
+            "audio_embd_layer": {"compression_rate": 8, "downsample_rate": 1, "embedding_cls": "audio",
+                                 "projection_cls": "mlp", "use_conv_downsample": False, "use_qformer": False}},
+        "audio_processor": {"name": "cascades", "config": {
+            "attention_dim": audio.hidden_size, "attention_heads": audio.num_attention_heads,
+            "linear_units": audio.intermediate_size, "num_blocks": audio.num_blocks, "input_size": 80,
+            "kernel_size": audio.kernel_size, "ext_pw_out_channel": audio.ext_pw_out_channel,
+            "depthwise_seperable_out_channel": audio.depthwise_separable_out_channel,   # sic, as published
+            "nemo_conv_settings": {"conv_channels": audio.nemo_conv_channels}, "time_reduction": 8,
+            "chunk_size": -1, "left_chunk": 18, "input_layer": "nemo_conv", "causal": True,
+            "relative_attention_bias_args": {"type": "t5", "t5_bias_max_distance": audio.bias_max_distance}}},
+        **{f"{name}_lora": {"r": spec["r"], "lora_alpha": spec["lora_alpha"], "dp": 0.0,
+                            "layer": r"((layers.*self_attn\.(qkv|o)_proj)|(layers.*mlp\.(gate_up|down)_proj))"}
+           for name, spec in LORA.items()},
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [4, 0], "pad_token_id": 0}))
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Phi4MMImageProcessor", "dynamic_hd": IMAGES.dynamic_hd,
+        "feature_extractor_type": "Phi4MMAudioFeatureExtractor", "audio_compression_rate": 8,
+        "audio_downsample_rate": 1, "audio_feat_stride": 1, "processor_class": "Phi4MMProcessor"}, indent=2))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(tok_dir / f, out / f)
+    for name in LORA:
+        save_peft_adapter(pm, name, out / f"{name}-lora")
+
+
+def write_eval_sets(out: Path, fonts, exe: str) -> None:
+    """Held-out items (their own seeds, never seen in training): JPEG images, Ogg Vorbis audio at
+    the rate it was synthesised, text chats; each set a JSON-lines file of file + question + answer."""
+    for sub in ("images", "audio"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SEED + 1)
+    with open(out / "image.jsonl", "w") as f:
+        for i in range(EVAL_SIZES["image"]):
+            item = tasks.image_item(rng, fonts)
+            item.image.save(out / "images" / f"{i:03d}.jpg", quality=90)
+            f.write(json.dumps({"file": f"images/{i:03d}.jpg", "prompt": item.question, "answer": item.answer}) + "\n")
+    rng = random.Random(SEED + 2)
+    with open(out / "speech.jsonl", "w") as f:
+        for i in range(EVAL_SIZES["speech"]):
+            item = tasks.speech_item(rng, exe)
+            soundfile.write(out / "audio" / f"{i:03d}.ogg", item.wave, item.rate, format="OGG", subtype="VORBIS")
+            f.write(json.dumps({"file": f"audio/{i:03d}.ogg", "prompt": tasks.SPEECH_PROMPT, "answer": item.text}) + "\n")
+    rng = random.Random(SEED + 3)
+    with open(out / "text.jsonl", "w") as f:
+        for _ in range(EVAL_SIZES["text"]):
+            prompt, answer = tasks.text_item(rng)
+            f.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+
+
+def write_samples(out: Path, fonts, exe: str) -> None:
+    """The demo's image and audio clip (fixed content, so `make demo` answers are checkable)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SEED + 4)
+    while (item := tasks.image_item(rng, fonts, (300, 200))).question != tasks.IMAGE_QUESTIONS["shape"]:
+        pass
+    item.image.save(out / "shape.jpg", quality=90)
+    clip = tasks.speech_item(random.Random(SEED + 5), exe)
+    soundfile.write(out / "speech.ogg", clip.wave, clip.rate, format="OGG", subtype="VORBIS")
+    (out / "samples.json").write_text(json.dumps({
+        "image": {"file": "shape.jpg", "prompt": item.question, "answer": item.answer},
+        "audio": {"file": "speech.ogg", "prompt": tasks.SPEECH_PROMPT, "answer": clip.text}}, indent=2))
+
+
+@click.command()
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("models/embedded"), show_default=True)
+@click.option("--text-steps", default=600, show_default=True)
+@click.option("--vision-steps", default=1000, show_default=True)
+@click.option("--speech-steps", default=900, show_default=True)
+@click.option("--speech-pool", default=4000, show_default=True, help="synthesised training clips")
+def main(out: Path, text_steps: int, vision_steps: int, speech_steps: int, speech_pool: int) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import Phi4MultimodalForCausalLM
+    torch.manual_seed(SEED), np.random.seed(SEED)
+    start = time.perf_counter()
+    times = {}
+    fonts, exe = tasks.fonts(), tasks.espeak()
+    work = out.parent / f".{out.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    ckpt = work / "checkpoint"
+    ckpt.mkdir(parents=True)
+
+    tokenizer = train_tokenizer(640, tasks.tokenizer_corpus())
+    save_tokenizer(tokenizer, ckpt, 16384)
+    tok = ChatTokenizer(ckpt)
+    vocab = 64 * math.ceil(tok.vocab_size / 64) + 64
+    cfg = model_config(vocab)
+    model = Phi4MultimodalForCausalLM._from_config(cfg, attn_implementation="eager")
+
+    # 1. the language model on text; afterwards it is frozen (peft freezes every non-LoRA weight)
+    rng = random.Random(SEED)
+    t = time.perf_counter()
+    lm_params = [p for n, p in model.named_parameters() if "embed_tokens_extend" not in n]
+    train(model, lm_params, text_steps, 2e-3, lambda: batch(tok, [tasks.text_item(rng) for _ in range(32)]), "1/3 text")
+    times["text"] = time.perf_counter() - t
+
+    pm = get_peft_model(model, LoraConfig(target_modules=LM_TARGETS, lora_dropout=0.0, **LORA["vision"]),
+                        adapter_name="vision")
+    pm.add_adapter("speech", LoraConfig(target_modules=LM_TARGETS, lora_dropout=0.0, **LORA["speech"]))
+    base = pm.base_model.model.model
+
+    # 2. vision encoder + projector + vision LoRA
+    pm.set_adapter("vision")
+    for p in base.embed_tokens_extend.image_embed.parameters():
+        p.requires_grad = True
+    rng = random.Random(SEED + 10)
+    t = time.perf_counter()
+    train(pm, list(pm.parameters()), vision_steps, 2e-3, lambda: image_batch(tok, rng, fonts, 12), "2/3 vision")
+    for p in base.embed_tokens_extend.image_embed.parameters():
+        p.requires_grad = False
+    times["vision"] = time.perf_counter() - t
+    # a quick check in torch; `phi4edge eval` on exported bundles gives the figures we report
+    check = random.Random(SEED + 99)
+    items = [tasks.image_item(check, fonts) for _ in range(60)]
+    vis = [(prompt_only(image_batch(tok, check, fonts, 1, [i]), 0), i.answer) for i in items]
+    click.echo(f"vision accuracy (torch, 60 fresh items): {greedy_accuracy(pm, tok, vis):.2f}")
+
+    # 3. speech encoder + projector + speech LoRA
+    t = time.perf_counter()
+    rng = random.Random(SEED + 20)
+    pool = [(to_16k(item), item.text) for item in
+            (tasks.speech_item(rng, exe) for _ in tqdm(range(speech_pool), desc="synthesise speech", unit="clip"))]
+    times["speech data"] = time.perf_counter() - t
+    pm.set_adapter("speech")
+    for p in base.embed_tokens_extend.audio_embed.parameters():
+        p.requires_grad = True
+    t = time.perf_counter()
+    train(pm, list(pm.parameters()), speech_steps, 1e-3, lambda: speech_batch(tok, pool, rng, 12), "3/3 speech")
+    times["speech"] = time.perf_counter() - t
+    clips = [tasks.speech_item(check, exe) for _ in range(60)]
+    sp = [(prompt_only(speech_batch(tok, [(to_16k(c), c.text)], check, 1), 0), c.text) for c in clips]
+    click.echo(f"speech exact match (torch, 60 fresh clips): {greedy_accuracy(pm, tok, sp):.2f}")
+
+    write_checkpoint(pm, cfg, ckpt, ckpt)
+    write_eval_sets(work / "eval", fonts, exe)
+    write_samples(work / "samples", fonts, exe)
+    times["total"] = time.perf_counter() - start
+    (work / "training.json").write_text(json.dumps({
+        "seed": SEED, "steps": {"text": text_steps, "vision": vision_steps, "speech": speech_steps},
+        "speech_pool": speech_pool, "seconds": {k: round(v, 1) for k, v in times.items()},
+        "threads": torch.get_num_threads(), "torch": torch.__version__}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    click.echo(f"wrote {out} in {times['total'] / 60:.1f} min: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+
+
+if __name__ == "__main__":
+    main()
