@@ -1,6 +1,7 @@
 """Decode speed with and without LoRA, adapter sizes and switch latency, on a full-width synthetic
 Phi-4-mini (8 layers by default) with a random rank-320 adapter (the size of Phi-4-multimodal's
-speech LoRA). All bundles are int4; measurements are interleaved and reported as medians.
+speech LoRA), in fp32, fp16 and int8 adapter precision. All base weights are int4; measurements are
+interleaved and reported as medians.
 
     python bench/adapters.py --workdir /tmp/bench-lora            # writes results JSON to the workdir
 """
@@ -14,12 +15,30 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_checkpoint import write, write_peft_adapter  # noqa: E402
 
 from phi4edge.export import export_model  # noqa: E402
 from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved, switch_latency_ms  # noqa: E402
-from phi4edge.runtime.generate import load  # noqa: E402
+from phi4edge.runtime.generate import Model, load  # noqa: E402
+
+
+def lora_delta_error(fp32: Model, other: Model, prompt_len: int = 64) -> float:
+    """How far another precision's adapter effect (logits with the adapter minus without) is from
+    fp32's, relative to the effect's size; both bundles share the same int4 base weights."""
+    ids = (np.arange(prompt_len) % 97 + 10).astype(np.int64)
+    deltas = []
+    for model in (fp32, other):
+        dec, logits = model.decoder, []
+        for name in (None, "speech"):
+            dec.reserve(prompt_len + 1)
+            dec.use_adapter(name)
+            logits.append(dec.forward(ids).copy())
+        dec.use_adapter(None)
+        deltas.append(logits[1] - logits[0])
+    return float(np.abs(deltas[1] - deltas[0]).max() / np.abs(deltas[0]).max())
 
 
 def main() -> None:
@@ -37,7 +56,8 @@ def main() -> None:
     if not adapter.exists():
         write_peft_adapter(adapter, ckpt, a.rank)
     bundles = {"no-lora": dict(), "lora-fp32": dict(adapters={"speech": adapter}),
-               "lora-fp16": dict(adapters={"speech": adapter}, adapter_precision="fp16")}
+               "lora-fp16": dict(adapters={"speech": adapter}, adapter_precision="fp16"),
+               "lora-int8": dict(adapters={"speech": adapter}, adapter_precision="int8")}
     for name, kw in bundles.items():
         if not (wd / name).exists():
             export_model(ckpt, wd / name, **kw)
@@ -48,12 +68,16 @@ def main() -> None:
     models["lora-fp32"].decoder.use_adapter("speech")
     first_load_ms = (time.perf_counter() - start) * 1e3
     models["lora-fp16"].decoder.use_adapter("speech")
+    models["lora-int8"].decoder.use_adapter("speech")
+    int8_error = lora_delta_error(models["lora-fp32"], models["lora-int8"])
 
     runs = {
         "base bundle (no LoRA inputs)": lambda: decode_tokens_per_s(models["no-lora"], a.tokens),
         "LoRA bundle, text-only request": lambda: decode_tokens_per_s(models["lora-fp32"], a.tokens),
         f"rank-{a.rank} adapter active (fp32)": lambda: decode_tokens_per_s(models["lora-fp32"], a.tokens, adapter="speech"),
         f"rank-{a.rank} adapter active (fp16)": lambda: decode_tokens_per_s(models["lora-fp16"], a.tokens, adapter="speech"),
+        "int8 LoRA bundle, text-only request": lambda: decode_tokens_per_s(models["lora-int8"], a.tokens),
+        f"rank-{a.rank} adapter active (int8)": lambda: decode_tokens_per_s(models["lora-int8"], a.tokens, adapter="speech"),
     }
     samples = interleaved(runs, a.repeats)
     speeds = {k: statistics.median(v) for k, v in samples.items()}
@@ -61,12 +85,13 @@ def main() -> None:
     # each round measured every variant back to back: the median of per-round ratios cancels drift
     ratios = {k: statistics.median(y / x for x, y in zip(base_runs, v)) for k, v in samples.items()}
     switch = switch_latency_ms(models["lora-fp32"], None, "speech")
-    sizes = {p: (wd / p / "adapters" / "speech.onnx_adapter").stat().st_size for p in ("lora-fp32", "lora-fp16")}
+    sizes = {p: (wd / p / "adapters" / "speech.onnx_adapter").stat().st_size for p in ("lora-fp32", "lora-fp16", "lora-int8")}
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor() or '?'}, "
         f"{__import__('os').cpu_count()} cores", "layers": a.layers, "rank": a.rank, "decode_tokens": a.tokens,
         "repeats": a.repeats, "decode_tokens_per_s": speeds, "ratio_to_base": ratios,
         "adapter_file_bytes": sizes, "switch_latency_ms_median": switch, "first_adapter_use_ms": first_load_ms,
+        "int8_lora_delta_error": int8_error,
     }
     (wd / "adapters.json").write_text(json.dumps(result, indent=2))
     print(f"full-width Phi-4-mini, {a.layers} layers, int4; medians of {a.repeats} interleaved runs of {a.tokens} tokens")
@@ -75,6 +100,8 @@ def main() -> None:
     for p, n in sizes.items():
         print(f"  adapter file ({p.split('-')[1]}): {n / 2**20:.1f} MiB")
     print(f"  adapter switch (none <-> speech): {switch:.3f} ms median; first use (load + bind): {first_load_ms:.1f} ms")
+    print(f"  int8 LoRA: the adapter's change to the logits differs from fp32's by {int8_error:.4f} "
+          f"(max abs difference / max abs change, 64-token prompt)")
 
 
 if __name__ == "__main__":

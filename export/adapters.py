@@ -2,7 +2,8 @@
 `onnxruntime.LoraAdapter` and onnxruntime-genai's `Adapters`).
 
 Parameters are named after the decoder's LoRA graph inputs: A stored [in, r] and B stored [r, out]
-with the scale (alpha/r, or alpha/sqrt(r) for rsLoRA) already folded in. The file's model_version
+with the scale (alpha/r, or alpha/sqrt(r) for rsLoRA) already folded in. In int8, each is stored
+symmetric per column (A per rank, B per output) with NAME.scale beside it. The file's model_version
 holds the base model's id, so an adapter exported for another base is refused at load.
 """
 from __future__ import annotations
@@ -17,14 +18,23 @@ from ..runtime.adapters import ADAPTER_FORMAT_VERSION, base_model_version
 from .decoder import LORA_DTYPES, lora_names
 
 
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per column: (int8 [rows, cols], float32 scales [cols]); zero columns get scale 1."""
+    scale = np.abs(w).max(axis=0) / 127
+    scale[scale == 0] = 1
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
 def write_adapter(adapter: LoraAdapter, path: Path, precision: str, base_id: str) -> dict:
     """Write one adapter file; returns its manifest entry."""
     np_type = LORA_DTYPES[precision][1]
     params = {}
     for layer, module, a, b in adapter.tensors():
-        a_name, b_name = lora_names(layer, module)
-        params[a_name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a.T, dtype=np_type))
-        params[b_name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(b.T, dtype=np_type))
+        for name, w in zip(lora_names(layer, module), (a.T, b.T)):
+            if np_type == np.int8:
+                w, scale = quantize_columns(w)
+                params[f"{name}.scale"] = ort.OrtValue.ortvalue_from_numpy(scale)
+            params[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w, dtype=np_type))
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(ADAPTER_FORMAT_VERSION)
     fmt.set_model_version(base_model_version(base_id))

@@ -31,7 +31,8 @@ FLOAT = TensorProto.FLOAT
 VOCAB_CHUNK_ROWS = 16384   # rows of the embedding read and quantised at a time
 
 
-LORA_DTYPES = {"fp32": (TensorProto.FLOAT, np.float32), "fp16": (TensorProto.FLOAT16, np.float16)}
+LORA_DTYPES = {"fp32": (TensorProto.FLOAT, np.float32), "fp16": (TensorProto.FLOAT16, np.float16),
+               "int8": (TensorProto.INT8, np.int8)}
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class DecoderOptions:
 
 
 def lora_names(layer: int, module: str) -> tuple[str, str]:
-    """Graph inputs (and .onnx_adapter parameter names) of one LoRA pair: A [in, r], B [r, out]."""
+    """Graph inputs (and .onnx_adapter parameter names) of one LoRA pair: A [in, r], B [r, out].
+    int8 pairs add NAME.scale inputs: A's per-rank [r] and B's per-output [out] scales."""
     short = module.split(".")[-1]
     return f"lora.layers.{layer}.{short}.A", f"lora.layers.{layer}.{short}.B"
 
@@ -90,6 +92,20 @@ class DecoderBuilder:
         rank = f"lora_rank_{layer}_{module.split('.')[-1]}"
         g.input(a, onnx_type, [in_dim, rank])
         g.input(b, onnx_type, [rank, out_dim])
+        if np_type == np.int8:
+            # Decode is bandwidth bound, and int8 weights are a quarter of fp32's bytes: DynamicQuantizeMatMul
+            # quantises its (one-row) input per call and runs an int8 GEMM on weights that may be graph
+            # inputs (MatMulNBits dequantises non-constant weights on every call: 30-100x slower). The
+            # default is rank 1 of zeros, not rank 0: at rank 0 the second product quantises an empty
+            # tensor and returns NaN.
+            g.input(f"{a}.scale", FLOAT, [rank])
+            g.input(f"{b}.scale", FLOAT, [out_dim])
+            g.const(a, np.zeros((in_dim, 1), np.int8))
+            g.const(b, np.zeros((1, out_dim), np.int8))
+            g.const(f"{a}.scale", np.ones(1, np.float32))
+            g.const(f"{b}.scale", np.ones(out_dim, np.float32))
+            low = g.op("DynamicQuantizeMatMul", [x, a, f"{a}.scale"], domain=MS)
+            return g.op("DynamicQuantizeMatMul", [low, b, f"{b}.scale"], domain=MS)
         g.const(a, np.zeros((in_dim, 0), np_type))
         g.const(b, np.zeros((0, out_dim), np_type))
         if np_type == np.float32:

@@ -30,15 +30,20 @@ class AdapterSet:
         self.inputs = {i.name: i for i in session.get_overridable_initializers() if i.name.startswith("lora.")}
         self.files = {name: bundle.path / e["file"] for name, e in bundle.manifest.get("adapters", {}).items()}
         self.base_id = bundle.manifest["model"].get("base_id", "")
-        self.empty = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros([0 if isinstance(d, str) else d for d in i.shape],
-                                                                      self._dtype(i)))
-                      for name, i in self.inputs.items()}
+        self.empty = {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i)) for name, i in self.inputs.items()}
         self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}   # name -> (mapping, values)
         self.active: str | None = None
 
     @staticmethod
     def _dtype(inp) -> type:
-        return np.float16 if inp.type == "tensor(float16)" else np.float32
+        return {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(inp.type, np.float32)
+
+    def _empty(self, inp) -> np.ndarray:
+        """The no-adapter value of a LoRA input: rank 0, or for int8 rank 1 of zeros with unit
+        scales (int8 LoRA at rank 0 gives NaN; see export/decoder.py)."""
+        int8 = any(i.type == "tensor(int8)" for i in self.inputs.values())
+        shape = [(1 if int8 else 0) if isinstance(d, str) else d for d in inp.shape]
+        return np.ones(shape, np.float32) if inp.name.endswith(".scale") else np.zeros(shape, self._dtype(inp))
 
     @property
     def names(self) -> list[str]:
@@ -84,7 +89,7 @@ class AdapterSet:
             raise BundleError(f"adapter '{name}': tensor '{pname}' matches no LoRA input of this decoder")
         shape, want = value.shape(), inp.shape
         fixed_ok = all(isinstance(w, str) or w == s for w, s in zip(want, shape))
-        if len(shape) != 2 or not fixed_ok:
+        if len(shape) != len(want) or not fixed_ok:
             module = pname.rsplit(".", 1)[0].removeprefix("lora.")
             raise BundleError(f"adapter '{name}': {module} {pname[-1]} has shape {shape}, the base expects "
                               f"{['r' if isinstance(w, str) else w for w in want]}")
