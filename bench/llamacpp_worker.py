@@ -1,0 +1,67 @@
+"""Runs inside llama-cpp-python's own venv, driven by bench/peer_llamacpp.py (no phi4edge import).
+
+    PY llamacpp_worker.py convert LLAMA_CPP_DIR CKPT OUT.gguf [--pure]   # HF -> bf16 GGUF -> Q4_0
+    PY llamacpp_worker.py serve MODEL.gguf THREADS                        # timings on request
+
+`serve` reads one JSON request per line on stdin ({"decode": n, "prompt_len": p} or
+{"prefill": p}) and answers one JSON line; it idles on stdin, so interleaved rounds with phi4edge
+in the parent process do not compete for the cores.
+"""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+
+
+def convert(llama_dir: str, checkpoint: str, out: str, pure: bool) -> None:
+    sys.path.insert(0, llama_dir)
+    sys.path.insert(1, str(Path(llama_dir) / "gguf-py"))
+    import conversion.base
+    # The converter names a BPE pre-tokenizer by hashing its output on a test string and refuses
+    # unknown hashes; a synthetic checkpoint's small tokenizer is unknown, so name Phi-4-mini's own.
+    conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-4o"
+    bf16 = out + ".bf16"
+    sys.argv = ["convert_hf_to_gguf.py", checkpoint, "--outfile", bf16, "--outtype", "bf16"]
+    runpy.run_path(str(Path(llama_dir) / "convert_hf_to_gguf.py"), run_name="__main__")
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.pure = pure   # pure: the tied embedding / LM head in Q4_0 too (default: Q6_K for it)
+    rc = llama_cpp.llama_model_quantize(bf16.encode(), out.encode(), params)
+    if rc:
+        raise SystemExit(f"llama_model_quantize failed ({rc})")
+    Path(bf16).unlink()
+
+
+def serve(model: str, threads: int) -> None:
+    import numpy as np
+    from llama_cpp import Llama
+    llm = Llama(model_path=model, n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+    prompt = lambda n: [int(i) for i in np.arange(n) % 97 + 10]   # same ids as phi4edge's benchmarks
+    print(json.dumps({"ready": True, "n_vocab": llm.n_vocab()}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        llm.reset()
+        if "prefill" in req:
+            start = time.perf_counter()
+            llm.eval(prompt(req["prefill"]))
+            print(json.dumps({"prefill_tokens_per_s": req["prefill"] / (time.perf_counter() - start)}), flush=True)
+            continue
+        llm.eval(prompt(req.get("prompt_len", 16)))
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))   # greedy, as phi4edge's decode benchmark
+        start = time.perf_counter()
+        for _ in range(req["decode"] - 1):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        print(json.dumps({"decode_tokens_per_s": (req["decode"] - 1) / (time.perf_counter() - start)}), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "convert":
+        convert(sys.argv[2], sys.argv[3], sys.argv[4], "--pure" in sys.argv)
+    else:
+        serve(sys.argv[2], int(sys.argv[3]))
