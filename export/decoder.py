@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from ..models.config import DecoderConfig
 from ..models.errors import CheckpointError
@@ -179,18 +179,18 @@ class DecoderBuilder:
         if rope.kind == "default":
             cos, sin = cos_sin(rope, length)
             return g.weight("cos_cache", cos), g.weight("sin_cache", sin)
-        branches = []
+        # Each set is sliced to the current length, then Where picks one. (An If whose branches
+        # return the caches copies both full sets, 2 x 25 MB at 131072 positions, on every step.)
+        axis0 = g.const("axis0", np.array([0], np.int64))
+        end = g.op("Unsqueeze", [g.op("Cast", [total_len], to=TensorProto.INT64), axis0])
+        is_long = g.op("Greater", [total_len, g.const("original_max_position", np.array(rope.original_max_position, np.int32))])
+        sets = {}
         for label, factors in (("long", rope.long_factor), ("short", rope.short_factor)):
             cos, sin = cos_sin(rope, length, factors)
-            c, s = g.weight(f"cos_cache_{label}", cos), g.weight(f"sin_cache_{label}", sin)
-            branches.append(helper.make_graph(
-                [helper.make_node("Identity", [c], [f"cos_{label}"]), helper.make_node("Identity", [s], [f"sin_{label}"])],
-                f"rope_{label}", [],
-                [helper.make_tensor_value_info(f"cos_{label}", FLOAT, [length, rope.rotary_dim // 2]),
-                 helper.make_tensor_value_info(f"sin_{label}", FLOAT, [length, rope.rotary_dim // 2])]))
-        is_long = g.op("Greater", [total_len, g.const("original_max_position", np.array(rope.original_max_position, np.int32))])
-        return g.op("If", [is_long], ["cos_cache", "sin_cache"], name="rope_select",
-                    then_branch=branches[0], else_branch=branches[1])
+            sets[label] = [g.op("Slice", [g.weight(f"{kind}_cache_{label}", table), g.const("zero_i64", np.array([0], np.int64)),
+                                          end, axis0]) for kind, table in (("cos", cos), ("sin", sin))]
+        return tuple(g.op("Where", [is_long, long, short], [f"{kind}_cache"])
+                     for kind, long, short in zip(("cos", "sin"), sets["long"], sets["short"]))
 
     # -- whole graph ---------------------------------------------------------------------------
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:

@@ -11,10 +11,9 @@ import random
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter
 
 DIGITS = "zero one two three four five six seven eight nine".split()
 COLORS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220),
@@ -22,8 +21,7 @@ COLORS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220),
 SHAPES = ["circle", "square", "triangle", "diamond"]
 WORDS = DIGITS + list(COLORS) + SHAPES
 
-IMAGE_QUESTIONS = {"color": "What color is the shape?", "shape": "What shape is this?",
-                   "digit": "What digit is written?"}
+IMAGE_QUESTIONS = {"color": "What color is the shape?", "shape": "What shape is this?"}
 SPEECH_PROMPT = "Transcribe the audio."
 NO_IMAGE = "I cannot see an image."
 NO_AUDIO = "I cannot hear any audio."
@@ -31,9 +29,6 @@ FACTS = {"What color is grass?": "green", "What color is the sky?": "blue", "Wha
          "What color is a tomato?": "red", "What color is an orange?": "orange", "What color is a plum?": "purple",
          "How many sides does a triangle have?": "three", "How many sides does a square have?": "four",
          "How many corners does a diamond have?": "four", "Which shape is round?": "circle"}
-
-FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-
 
 # ---- text --------------------------------------------------------------------------------------
 
@@ -82,15 +77,6 @@ class ImageItem:
     answer: str
 
 
-def fonts() -> list[Path]:
-    """DejaVu Sans, Serif and Mono, regular, bold and slanted (light and condensed faces are left out:
-    at 112-pixel crops their strokes blur away)."""
-    found = sorted(p for p in FONT_DIR.glob("DejaVu*.ttf") if not any(w in p.stem for w in ("Light", "Condensed")))
-    if not found:
-        raise RuntimeError(f"no DejaVu fonts in {FONT_DIR} (Debian package fonts-dejavu-core)")
-    return found
-
-
 def _background(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     shade = rng.randrange(215, 256)
     noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(0, 18), (size[1], size[0], 3))
@@ -110,28 +96,21 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float
         draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
 
 
-def image_item(rng: random.Random, font_files: list[Path], size: tuple[int, int] | None = None) -> ImageItem:
-    """A shape of some colour, or a written digit, on a noisy light background; sizes and aspect
-    ratios vary so that the dynamic-HD crop grid runs from 1x1 to 3x3 crops of 112 pixels."""
+def image_item(rng: random.Random, size: tuple[int, int] | None = None) -> ImageItem:
+    """A shape of some colour on a noisy light background, asked for its colour or its shape; sizes
+    and aspect ratios vary so that the dynamic-HD crop grid runs from 1x1 to 3x3 crops of 112 pixels.
+    (A third question, a written digit in 13 fonts, held the whole image task at 50% accuracy
+    after 1000 steps, so it was left out to fit the training budget.)"""
     w, h = size or (rng.randrange(60, 337), rng.randrange(60, 337))
     img = _background(rng, (w, h))
     draw = ImageDraw.Draw(img)
     side = min(w, h) * rng.uniform(0.45, 0.85)
     x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
     kind = rng.choice(list(IMAGE_QUESTIONS))
-    if kind == "digit":
-        digit = rng.randrange(10)
-        font = ImageFont.truetype(str(rng.choice(font_files)), max(12, int(side)))
-        ink = tuple(rng.randrange(0, 90) for _ in range(3)) if rng.random() < 0.6 else rng.choice(list(COLORS.values()))
-        left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
-        draw.text((x0 + (side - (right - left)) / 2 - left, y0 + (side - (bottom - top)) / 2 - top), str(digit),
-                  font=font, fill=ink)
-        answer = DIGITS[digit]
-    else:
-        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-        jitter = tuple(int(np.clip(c + rng.randrange(-25, 26), 0, 255)) for c in COLORS[color])
-        _shape(draw, shape, (x0, y0, x0 + side, y0 + side), jitter)
-        answer = color if kind == "color" else shape
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    jitter = tuple(int(np.clip(c + rng.randrange(-25, 26), 0, 255)) for c in COLORS[color])
+    _shape(draw, shape, (x0, y0, x0 + side, y0 + side), jitter)
+    answer = color if kind == "color" else shape
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     if rng.random() < 0.5:   # JPEG artefacts, as the shipped evaluation images have

@@ -43,8 +43,9 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=PEFT_DIR",
               help="Add a PEFT LoRA adapter (repeatable). Phi-4-multimodal's vision/speech come by themselves.")
-@click.option("--adapter-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="LoRA weight precision (fp16: half the size; fast on ARM64, slower than fp32 on x86).")
+@click.option("--adapter-precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="LoRA weight precision (fp16: half the size, fast on ARM64, slower than fp32 on x86; "
+                   "int8: a quarter of the size and the fastest with an adapter active on x86).")
 @click.option("--lora", is_flag=True, help="Add LoRA inputs even without adapters, to bring adapters later.")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],

@@ -106,17 +106,21 @@ def test_cli_run_with_adapter_reports_it(two_adapters):
     assert bad.exit_code != 0 and "adapter 'nope' is not in this bundle (adapters: style, terse)" in bad.output
 
 
-def test_fp16_adapters_are_half_the_size_and_close(two_adapters, checkpoints, tmp_path):
+@pytest.mark.parametrize("precision,ratio", [("fp16", 0.55), ("int8", 0.4)])   # int8: + per-column scales
+def test_smaller_adapters_are_smaller_and_close(two_adapters, checkpoints, tmp_path, precision, ratio):
+    """fp16 halves and int8 (per-column scales, DynamicQuantizeMatMul) quarters the adapter files;
+    greedy answers stay those of the fp32 adapters, and text-only requests are untouched."""
     pm, dirs, bundle32 = two_adapters
-    bundle16 = export_model(checkpoints["phi4mini"], tmp_path / "b16", precision="fp32", show_progress=False,
-                            adapters={k: str(v) for k, v in dirs.items()}, adapter_precision="fp16")
+    small = export_model(checkpoints["phi4mini"], tmp_path / precision, precision="fp32", show_progress=False,
+                         adapters={k: str(v) for k, v in dirs.items()}, adapter_precision=precision)
     size = lambda b: (b / "adapters" / "style.onnx_adapter").stat().st_size
-    assert size(bundle16) < 0.55 * size(bundle32)
-    m16, m32 = load(bundle16), load(bundle32)
+    assert size(small) < ratio * size(bundle32)
+    m_small, m32 = load(small), load(bundle32)
     for p in PROMPTS:
         ids = m32.encode(p)
-        assert m16.generate(ids, max_new_tokens=6, adapter="style").token_ids == \
-            m32.generate(ids, max_new_tokens=6, adapter="style").token_ids
+        for adapter in ("style", None):
+            assert m_small.generate(ids, max_new_tokens=6, adapter=adapter).token_ids == \
+                m32.generate(ids, max_new_tokens=6, adapter=adapter).token_ids
 
 
 def _phi4mm_checkpoint(base_ckpt: Path, out: Path, in_shards: bool) -> tuple[object, Path]:
