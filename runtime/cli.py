@@ -138,8 +138,8 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
 
 @main.command("eval")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.option("--set", "eval_set", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Evaluation folder (image.jsonl, speech.jsonl, text.jsonl); default: the embedded model's held-out sets.")
+@click.option("--set", "eval_set", type=click.Path(file_okay=False), required=True,
+              help="Evaluation folder: image.jsonl, speech.jsonl and/or text.jsonl (see README).")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["routed", "none", "swapped", "all"]),
               default=("routed",), show_default=True,
               help="Adapter per image/audio item: as routed, none (base model), or the other modality's (repeatable).")
@@ -147,12 +147,12 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
-def eval_cmd(bundle: str, eval_set: str | None, modes: tuple[str, ...], limit: int | None, threads: int | None,
+def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | None, threads: int | None,
              as_json: bool) -> None:
     """Score a bundle on held-out sets: image accuracy, speech WER, text perplexity."""
     from tqdm import tqdm
 
-    from .evaluate import EMBEDDED_EVAL, MODES, evaluate
+    from .evaluate import MODES, evaluate
     from .generate import load
     modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
     bars = []
@@ -160,7 +160,7 @@ def eval_cmd(bundle: str, eval_set: str | None, modes: tuple[str, ...], limit: i
     def progress(total: int):
         bars.append(tqdm(total=total, desc="eval", unit="item", disable=as_json))
         return lambda: bars[-1].update()
-    report = evaluate(load(bundle, threads=threads), Path(eval_set) if eval_set else EMBEDDED_EVAL, modes, limit, progress)
+    report = evaluate(load(bundle, threads=threads), Path(eval_set), modes, limit, progress)
     for bar in bars:
         bar.close()
     if as_json:
@@ -174,36 +174,6 @@ def eval_cmd(bundle: str, eval_set: str | None, modes: tuple[str, ...], limit: i
         click.echo(f"adapters {mode:8s} " + ", ".join(parts))
     if "text_perplexity" in report:
         click.echo(f"text perplexity {report['text_perplexity']:.3f}")
-
-
-@main.command()
-@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
-              help="Where to export the embedded model (default: ~/.cache/phi4edge/embedded-PRECISION).")
-@click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
-@click.option("--force", is_flag=True, help="Export again even if the bundle exists.")
-@friendly_errors
-def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
-    """Export the embedded tiny Phi-4-multimodal and answer a text, an image and an audio prompt."""
-    from ..export import export_model
-    from .generate import load
-    embedded = Path(__file__).resolve().parent.parent / "models" / "embedded"
-    bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"
-    if force or not (bundle / "manifest.json").is_file():
-        export_model(embedded / "checkpoint", bundle, precision=precision, force=True)
-    model = load(bundle)
-    samples = json.loads((embedded / "samples" / "samples.json").read_text())
-    requests = [("text", "Count from three to seven.", "three four five six seven", {}),
-                ("image", samples["image"]["prompt"], samples["image"]["answer"],
-                 {"images": [str(embedded / "samples" / samples["image"]["file"])]}),
-                ("audio", samples["audio"]["prompt"], samples["audio"]["answer"],
-                 {"audios": [str(embedded / "samples" / samples["audio"]["file"])]})]
-    click.echo(f"bundle {bundle} ({precision})")
-    for kind, prompt, expected, media in requests:
-        result = model.generate(prompt, max_new_tokens=24, **media)
-        files = ", ".join(Path(f).name for f in media.get("images", []) + media.get("audios", []))
-        click.echo(f"\n[{kind}] {prompt}" + (f"  ({files})" if files else ""))
-        click.echo(f"  answer:   {result.text.strip()}   (adapter: {result.adapter or 'none'})")
-        click.echo(f"  expected: {expected}")
 
 
 @main.command()

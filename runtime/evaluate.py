@@ -19,7 +19,6 @@ import numpy as np
 from ..models.errors import BundleError
 from .generate import NO_ADAPTER, Model
 
-EMBEDDED_EVAL = Path(__file__).resolve().parent.parent / "models" / "embedded" / "eval"
 MODES = ("routed", "none", "swapped")   # adapter per request: as routed, base model, the other one
 SWAP = {"image": "speech", "speech": "vision"}
 
@@ -81,7 +80,7 @@ def perplexity(model: Model, items: list[dict], tick: Callable[[], None]) -> flo
     return math.exp(nll / max(count, 1))
 
 
-def evaluate(model: Model, folder: Path = EMBEDDED_EVAL, modes: tuple[str, ...] = ("routed",), limit: int | None = None,
+def evaluate(model: Model, folder: Path, modes: tuple[str, ...] = ("routed",), limit: int | None = None,
              progress: Callable[[int], Callable[[], None]] | None = None) -> dict:
     """Scores by set and adapter mode. `progress(total)` returns a per-item callback."""
     folder = Path(folder)

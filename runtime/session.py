@@ -36,6 +36,10 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
+    # Idle intra-op threads sleep instead of spinning: 2% slower decode on an idle machine, but with
+    # one core busy elsewhere (a laptop, a phone) spinning threads fight it and decode fell to 0.6x
+    # (bench/RESULTS.md, second and third rounds). It also saves battery.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     return so
 
