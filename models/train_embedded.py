@@ -12,8 +12,9 @@ on the same library versions and CPU regenerates the same weights.
 Status (2026-11-25): not shipped yet. On 2 cores in ~25 minutes the language model learns its
 text tasks and the vision stage learns colour (100% on fresh items) but not shape (42-50%), and
 the speech stage stays at the answer prior (loss 2.55, no use of the audio) after 1200 steps
-(a CTC head on the bare conformer, or on its conv subsampling alone, also stayed in the
-all-blank phase for 400 steps: from-scratch ASR needs more steps than were run).
+(a CTC head on the bare conformer also stayed in the all-blank phase for 1000 steps, where a
+3-layer CNN with the same head and data broke through at ~300: the conformer as configured and
+initialised here is the first suspect).
 Both encoders start from scratch here, where the paper's were pretrained (SigLIP; an ASR
 conformer): next is a pretraining step per encoder (a shape/colour classifier head; CTC on the
 transcripts) before it is joined to the frozen language model.
