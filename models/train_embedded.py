@@ -14,8 +14,8 @@ text tasks and the vision stage learns colour (100% on fresh items) but not shap
 the speech stage stays at the answer prior (loss 2.55, no use of the audio) after 1200 steps
 (a CTC head on the bare conformer also stayed in the all-blank phase for 1000 steps, where a
 3-layer CNN with the same head and data broke through at ~300: the conformer as configured and
-initialised here is the first suspect; its 64-channel NeMo conv subsampling alone was slow too,
-so a wider one, as the real model's 1024, is the next thing to try).
+initialised here is the first suspect; its NeMo conv subsampling alone was slow too, and
+N(0, 0.02) init, a lower learning rate or 256 conv channels did not help within 600 steps).
 Both encoders start from scratch here, where the paper's were pretrained (SigLIP; an ASR
 conformer): next is a pretraining step per encoder (a shape/colour classifier head; CTC on the
 transcripts) before it is joined to the frozen language model.
