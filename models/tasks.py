@@ -96,16 +96,19 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float
         draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
 
 
+def image_size(rng: random.Random) -> tuple[int, int]:
+    """60-336 pixels a side, aspect ratio within 0.6..1.67 (the global view squashes to a square)."""
+    w = rng.randrange(60, 337)
+    return w, int(np.clip(w * rng.uniform(0.6, 1.67), 60, 336))
+
+
 def image_item(rng: random.Random, size: tuple[int, int] | None = None) -> ImageItem:
     """A shape of some colour on a noisy light background, asked for its colour or its shape; sizes
     and aspect ratios vary so that the dynamic-HD crop grid runs from 1x1 to 3x3 crops of 112 pixels.
     (A third question, a written digit in 13 fonts, held the whole image task at 50% accuracy
     after 1000 steps, so it was left out to fit the training budget; so were aspect ratios beyond
     5:3 and heavy background noise, under which shape stayed at chance.)"""
-    if size is None:   # aspect ratio within 0.6..1.67: the global view squashes the image to a square
-        w = rng.randrange(60, 337)
-        size = (w, int(np.clip(w * rng.uniform(0.6, 1.67), 60, 336)))
-    w, h = size
+    w, h = size or image_size(rng)
     img = _background(rng, (w, h))
     draw = ImageDraw.Draw(img)
     side = min(w, h) * rng.uniform(0.45, 0.85)

@@ -32,11 +32,10 @@ from pathlib import Path
 import click
 import numpy as np
 import soundfile
-import soxr
 import torch
 from tqdm import tqdm
 
-from ..runtime.audio import SAMPLE_RATE, log_mel, num_audio_tokens
+from ..runtime.audio import log_mel, num_audio_tokens, to_16k
 from ..runtime.image import ImageSettings, preprocess
 from ..runtime.tokenizer import ChatTokenizer
 from . import tasks
@@ -126,7 +125,7 @@ def train(model, params, steps: int, lr: float, make_batch, desc: str) -> float:
 def image_batch(tok: ChatTokenizer, rng: random.Random, size: int,
                 items: list[tasks.ImageItem] | None = None) -> dict:
     """`size` rendered images of one random size (same crop grid, so no crop padding)."""
-    dims = tasks.image_item(rng).image.size   # a random size as the task draws them
+    dims = tasks.image_size(rng)
     items = items or [tasks.image_item(rng, dims) for _ in range(size)]
     prepared = [preprocess(i.image, IMAGES) for i in items]
     out = batch(tok, [(i.question, i.answer) for i in items], [{"image": (IMAGE_ID, [p.num_tokens])} for p in prepared])
@@ -135,10 +134,6 @@ def image_batch(tok: ChatTokenizer, rng: random.Random, size: int,
             "image_attention_mask": torch.from_numpy(np.ascontiguousarray(np.stack([p.patch_mask for p in prepared]))).long(),
             "image_sizes": torch.tensor([[rows * IMAGES.crop_size, cols * IMAGES.crop_size]] * size)}
     return out
-
-
-def to_16k(item: tasks.SpeechItem) -> np.ndarray:
-    return item.wave if item.rate == SAMPLE_RATE else soxr.resample(item.wave, item.rate, SAMPLE_RATE, quality="HQ")
 
 
 def speech_batch(tok: ChatTokenizer, pool: list[tuple[np.ndarray, str]], rng: random.Random, size: int) -> dict:
@@ -334,7 +329,7 @@ def main(out: Path, text_steps: int, vision_steps: int, speech_steps: int, speec
     # 3. speech encoder + projector + speech LoRA
     t = time.perf_counter()
     rng = random.Random(SEED + 20)
-    pool = [(to_16k(item), item.text) for item in
+    pool = [(to_16k(item.wave, item.rate), item.text) for item in
             (tasks.speech_item(rng, exe) for _ in tqdm(range(speech_pool), desc="synthesise speech", unit="clip"))]
     times["speech data"] = time.perf_counter() - t
     pm.set_adapter("speech")
@@ -350,7 +345,7 @@ def main(out: Path, text_steps: int, vision_steps: int, speech_steps: int, speec
     train(pm, list(pm.parameters()), speech_steps, 1e-3, lambda: speech_batch(tok, pool, rng, 12), "3/3 speech")
     times["speech"] = time.perf_counter() - t
     clips = [tasks.speech_item(check, exe) for _ in range(60)]
-    sp = [(prompt_only(speech_batch(tok, [(to_16k(c), c.text)], check, 1), 0), c.text) for c in clips]
+    sp = [(prompt_only(speech_batch(tok, [(to_16k(c.wave, c.rate), c.text)], check, 1), 0), c.text) for c in clips]
     click.echo(f"speech exact match (torch, 60 fresh clips): {greedy_accuracy(pm, tok, sp):.2f}")
 
     write_checkpoint(pm, cfg, ckpt)   # beside the tokenizer files saved at the start

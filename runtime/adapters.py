@@ -30,7 +30,8 @@ class AdapterSet:
         self.inputs = {i.name: i for i in session.get_overridable_initializers() if i.name.startswith("lora.")}
         self.files = {name: bundle.path / e["file"] for name, e in bundle.manifest.get("adapters", {}).items()}
         self.base_id = bundle.manifest["model"].get("base_id", "")
-        self.empty = {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i)) for name, i in self.inputs.items()}
+        int8 = any(i.type == "tensor(int8)" for i in self.inputs.values())
+        self.empty = {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i, int8)) for name, i in self.inputs.items()}
         self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}   # name -> (mapping, values)
         self.active: str | None = None
 
@@ -38,10 +39,9 @@ class AdapterSet:
     def _dtype(inp) -> type:
         return {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(inp.type, np.float32)
 
-    def _empty(self, inp) -> np.ndarray:
-        """The no-adapter value of a LoRA input: rank 0, or for int8 rank 1 of zeros with unit
-        scales (int8 LoRA at rank 0 gives NaN; see export/decoder.py)."""
-        int8 = any(i.type == "tensor(int8)" for i in self.inputs.values())
+    def _empty(self, inp, int8: bool) -> np.ndarray:
+        """The no-adapter value of a LoRA input: rank 0, or in an int8 bundle rank 1 of zeros with
+        unit scales (int8 LoRA at rank 0 gives NaN; see export/decoder.py)."""
         shape = [(1 if int8 else 0) if isinstance(d, str) else d for d in inp.shape]
         return np.ones(shape, np.float32) if inp.name.endswith(".scale") else np.zeros(shape, self._dtype(inp))
 

@@ -56,10 +56,15 @@ def load_audio(source: str | Path | bytes) -> np.ndarray:
         raise AudioError(f"{name}: the file holds no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: the audio contains NaN or infinite samples")
-    mono = data.mean(axis=1, dtype=np.float32)
-    if rate != SAMPLE_RATE:   # a windowed-sinc resampler (libsoxr), not interpolation
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    return mono
+    return to_16k(data.mean(axis=1, dtype=np.float32), rate)
+
+
+def to_16k(mono: np.ndarray, rate: int) -> np.ndarray:
+    """A mono float32 waveform at the encoder's 16 kHz."""
+    if rate == SAMPLE_RATE:
+        return mono
+    # a windowed-sinc resampler (libsoxr), not interpolation
+    return soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
 
 
 def mel_filters(s: AudioSettings = AudioSettings()) -> np.ndarray:

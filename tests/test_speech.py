@@ -10,6 +10,8 @@ from phi4edge.runtime.audio import log_mel, num_audio_tokens
 from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.speech import SpeechEncoder
 
+from .compare import int4_vs_fp32
+
 
 
 @pytest.mark.parametrize("seconds", [0.3, 2.0, 45.0])
@@ -112,17 +114,12 @@ def test_int4_bundle_answers_an_audio_prompt(mm_with_adapters, tmp_path):
     _, fp32_bundle = mm_with_adapters
     int4 = load(export_model(fp32_bundle.parent / "native", tmp_path / "int4", show_progress=False))
     fp32 = load(fp32_bundle)
-    agree, err = [], []
-    for seed in range(6):
-        mel = fp32.prepare_audio(_wave(0.5 + seed * 0.4, seed))
-        a, b = fp32.audio_features([mel], False), int4.audio_features([mel], False)
-        err.append(np.linalg.norm(a - b) / np.linalg.norm(a))
-        first = [m.generate("<|audio_1|>Transcribe the audio.", audios=[mel], max_new_tokens=1).token_ids[0]
-                 for m in (fp32, int4)]
-        agree.append(first[0] == first[1])
-    print(f"\nint4 vs fp32 audio prompts: first-token agreement {np.mean(agree):.0%} over {len(agree)} clips, "
-          f"mean relative audio-embedding error {np.mean(err):.3f}")
-    assert np.mean(err) < 0.35   # catches a broken quantised graph; the figure itself is reported
+    mels = [fp32.prepare_audio(_wave(0.5 + seed * 0.4, seed)) for seed in range(6)]
+    agree, err = int4_vs_fp32(fp32, int4, mels, lambda m, mel: m.audio_features([mel], False),
+                              "<|audio_1|>Transcribe the audio.", "audios")
+    print(f"\nint4 vs fp32 audio prompts: first-token agreement {agree:.0%} over {len(mels)} clips, "
+          f"mean relative audio-embedding error {err:.3f}")
+    assert err < 0.35   # catches a broken quantised graph; the figure itself is reported
     assert int4.generate("<|audio_1|>Hi", audios=[_wave(1.0, 9)], max_new_tokens=3).adapter == "speech"
 
 

@@ -11,6 +11,8 @@ from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.image import PreparedImage, preprocess
 from phi4edge.runtime.vision import VisionEncoder
 
+from .compare import int4_vs_fp32
+
 
 SIZES = [(448, 448), (500, 300), (900, 1300), (2000, 450)]
 
@@ -100,22 +102,19 @@ def test_int4_bundle_answers_an_image_prompt(mm_with_adapters, tmp_path):
     ck = fp32_bundle.parent / "native"
     int4 = load(export_model(ck, tmp_path / "int4", show_progress=False))
     fp32 = load(fp32_bundle)
-    agree, feature_err = [], []
+    prepared = []
     for seed in range(6):
         rng = np.random.default_rng(seed)
         image = Image.fromarray(rng.integers(0, 256, (int(rng.integers(200, 900)), int(rng.integers(200, 900)), 3),
                                             dtype=np.uint8))
-        prepared = fp32.prepare_image(image)
-        a, b = fp32.image_features([prepared]), int4.image_features([prepared])
-        feature_err.append(np.linalg.norm(a - b) / np.linalg.norm(a))
-        first = [m.generate("<|image_1|>What is in this picture?", images=[prepared], max_new_tokens=1).token_ids[0]
-                 for m in (fp32, int4)]
-        agree.append(first[0] == first[1])
-    print(f"\nint4 vs fp32 image prompts: first-token agreement {np.mean(agree):.0%} over {len(agree)} images, "
-          f"mean relative image-feature error {np.mean(feature_err):.3f}")
+        prepared.append(fp32.prepare_image(image))
+    agree, feature_err = int4_vs_fp32(fp32, int4, prepared, lambda m, p: m.image_features([p]),
+                                      "<|image_1|>What is in this picture?", "images")
+    print(f"\nint4 vs fp32 image prompts: first-token agreement {agree:.0%} over {len(prepared)} images, "
+          f"mean relative image-feature error {feature_err:.3f}")
     # ~8.6% weight error per int4 matmul compounds through this random tower's ~14 matmuls; the
     # bound only catches a broken quantised graph (a wrong layout gives errors near or above 1)
-    assert np.mean(feature_err) < 0.35
+    assert feature_err < 0.35
     result = int4.generate("<|image_1|>What is in this picture?", images=[image], max_new_tokens=5)
     assert result.adapter == "vision" and len(result.token_ids) >= 1
 
