@@ -114,3 +114,9 @@ def test_execution_provider_choice(bundles):
         resolve_providers(["qnn"])
     result = CliRunner().invoke(main, ["run", str(bundles["phi4mini", "int4"]), "--prompt", "hi", "--provider", "cuda"])
     assert result.exit_code != 0 and "'cuda' is not in this onnxruntime build" in result.output
+
+
+def test_sessions_do_not_spin_idle_threads():
+    """Spinning intra-op threads fight other load on a 2-core laptop or phone (bench/RESULTS.md)."""
+    from phi4edge.runtime.session import session_options
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
