@@ -75,6 +75,8 @@ class ImageItem:
     image: Image.Image
     question: str
     answer: str
+    color: str
+    shape: str
 
 
 def _background(rng: random.Random, size: tuple[int, int]) -> Image.Image:
@@ -124,7 +126,7 @@ def image_item(rng: random.Random, size: tuple[int, int] | None = None) -> Image
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=rng.randrange(60, 95))
         img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    return ImageItem(img, IMAGE_QUESTIONS[kind], answer)
+    return ImageItem(img, IMAGE_QUESTIONS[kind], answer, color, shape)
 
 
 # ---- speech ------------------------------------------------------------------------------------

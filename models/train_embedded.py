@@ -72,12 +72,18 @@ def model_config(vocab: int):
                           audio_token_id=AUDIO_ID, bias_max_distance=50))
 
 
-def init_encoder(module: torch.nn.Module) -> None:
+def init_encoder(module: torch.nn.Module, reset_convs: bool = False) -> None:
     """N(0, 0.02) linears and embeddings, zero biases, as ViT/conformer training starts. The
     default random init of transformers' Phi-4-multimodal towers gives the vision attention scores
     of +-750 and hidden states of std ~40: trained from there, the encoder learnt colour (a mean
-    over patches) but stayed at chance on shape (1000 steps)."""
+    over patches) but stayed at chance on shape (1000 steps). `reset_convs` gives convolutions
+    PyTorch's fan-in default: the conformer's get N(0, 0.02) from transformers, which shrinks the
+    NeMo subsampling's output to ~1e-6, below LayerNorm's epsilon, so nothing reached the blocks
+    and CTC never left the all-blank phase. (SigLIP's patch embedding keeps transformers'
+    lecun-normal init: PyTorch's default there halved the shape accuracy after 400 steps.)"""
     for m in module.modules():
+        if reset_convs and isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)):
+            m.reset_parameters()
         if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
             torch.nn.init.normal_(m.weight, std=0.02)
         if isinstance(m, torch.nn.Linear) and m.bias is not None:
@@ -101,25 +107,49 @@ def batch(tok: ChatTokenizer, items: list[tuple[str, str]], media: list[dict] | 
     return {"input_ids": input_ids, "attention_mask": pad([[1] * len(r) for r in ids], 0), "labels": pad(labels, -100)}
 
 
-def train(model, params, steps: int, lr: float, make_batch, desc: str) -> float:
-    """AdamW with warm-up and cosine decay; returns the last 20 steps' mean loss."""
+def train(params, steps: int, lr: float, step_loss, desc: str) -> float:
+    """AdamW with warm-up and cosine decay on `step_loss()`; returns the last 20 steps' mean loss."""
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    model.train()
     losses = []
     with tqdm(range(steps), desc=desc, unit="step") as bar:
         for _ in bar:
-            loss = model(**make_batch()).loss
+            loss = step_loss()
             loss.backward()
             # No global-norm clipping: a few encoder biases get gradients of ~1e4, and clipping to a
-            # global norm scaled every other gradient below Adam's epsilon (the conformer then never
-            # learnt). Adam bounds each step by the learning rate anyway.
+            # global norm scaled every other gradient below Adam's epsilon. Adam bounds each step by
+            # the learning rate anyway.
             opt.step(), sched.step(), opt.zero_grad()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    model.eval()
     return float(np.mean(losses[-20:]))
+
+
+def classifier_loss(image_embed, head: torch.nn.Linear, rng: random.Random, size: int) -> torch.Tensor:
+    """Vision pretraining (SigLIP was pretrained before Phi-4-multimodal): shape and colour
+    classified from the mean of the global view's features, at the layer the LM is given."""
+    items = [tasks.image_item(rng) for _ in range(size)]
+    views = torch.from_numpy(np.stack([preprocess(i.image, IMAGES).pixel_values[0] for i in items]))
+    logits = head(image_embed.get_img_features(views).mean(1))
+    loss = 0
+    for kind, options, cols in (("shape", tasks.SHAPES, slice(0, len(tasks.SHAPES))),
+                                ("color", list(tasks.COLORS), slice(len(tasks.SHAPES), None))):
+        target = torch.tensor([options.index(getattr(i, kind)) for i in items])
+        loss = loss + torch.nn.functional.cross_entropy(logits[:, cols], target)
+    return loss
+
+
+def ctc_loss(encoder, head: torch.nn.Linear, pool: list[tuple[np.ndarray, str]], rng: random.Random,
+             size: int) -> torch.Tensor:
+    """Speech pretraining (the real encoder was pretrained on ASR): word-level CTC on the
+    conformer's output frames (80 ms each)."""
+    picked = [pool[rng.randrange(len(pool))] for _ in range(size)]
+    logp = head(encoder(speech_features(picked, rng), None)).log_softmax(-1).transpose(0, 1)
+    targets = [[tasks.WORDS.index(w) for w in text.split()] for _, text in picked]
+    return torch.nn.functional.ctc_loss(
+        logp, torch.tensor(sum(targets, [])), torch.full((size,), logp.shape[0]),
+        torch.tensor([len(t) for t in targets]), blank=len(tasks.WORDS), zero_infinity=True)
 
 
 def image_batch(tok: ChatTokenizer, rng: random.Random, size: int,
@@ -136,17 +166,22 @@ def image_batch(tok: ChatTokenizer, rng: random.Random, size: int,
     return out
 
 
-def speech_batch(tok: ChatTokenizer, pool: list[tuple[np.ndarray, str]], rng: random.Random, size: int) -> dict:
-    """`size` clips, padded at the end with low noise to the longest (no attention mask needed)."""
-    picked = [pool[rng.randrange(len(pool))] for _ in range(size)]
+def speech_features(picked: list[tuple[np.ndarray, str]], rng: random.Random) -> torch.Tensor:
+    """Log-mel features of 16 kHz clips, padded at the end with low noise to the longest (so no
+    attention mask is needed)."""
     length = max(len(w) for w, _ in picked)
     noise = np.random.default_rng(rng.randrange(1 << 30))
     waves = [np.concatenate([w, noise.normal(0, 1e-3, length - len(w)).astype(np.float32)]) for w, _ in picked]
-    feats = np.stack([log_mel(w) for w in waves])
+    return torch.from_numpy(np.stack([log_mel(w) for w in waves]))
+
+
+def speech_batch(tok: ChatTokenizer, pool: list[tuple[np.ndarray, str]], rng: random.Random, size: int) -> dict:
+    """`size` transcription chats on clips drawn from `pool`."""
+    picked = [pool[rng.randrange(len(pool))] for _ in range(size)]
+    feats = speech_features(picked, rng)
     n = num_audio_tokens(feats.shape[1])
     out = batch(tok, [(tasks.SPEECH_PROMPT, t) for _, t in picked], [{"audio": (AUDIO_ID, [n])}] * size)
-    out |= {"audio_input_features": torch.from_numpy(feats), "audio_embed_sizes": torch.tensor([n] * size)}
-    return out
+    return out | {"audio_input_features": feats, "audio_embed_sizes": torch.tensor([n] * size)}
 
 
 def greedy_accuracy(model, tok: ChatTokenizer, examples: list[tuple[dict, str]]) -> float:
@@ -274,10 +309,13 @@ def write_samples(out: Path, exe: str) -> None:
 @click.command()
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("models/embedded"), show_default=True)
 @click.option("--text-steps", default=600, show_default=True)
-@click.option("--vision-steps", default=1500, show_default=True)
-@click.option("--speech-steps", default=1200, show_default=True)
-@click.option("--speech-pool", default=4000, show_default=True, help="synthesised training clips")
-def main(out: Path, text_steps: int, vision_steps: int, speech_steps: int, speech_pool: int) -> None:
+@click.option("--vision-pretrain-steps", default=1500, show_default=True, help="shape/colour classifier")
+@click.option("--vision-steps", default=600, show_default=True, help="projector + vision LoRA")
+@click.option("--speech-pretrain-steps", default=1000, show_default=True, help="word CTC")
+@click.option("--speech-steps", default=1200, show_default=True, help="projector + speech LoRA")
+@click.option("--speech-pool", default=3000, show_default=True, help="synthesised training clips")
+def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: int, speech_pretrain_steps: int,
+         speech_steps: int, speech_pool: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import Phi4MultimodalForCausalLM
     torch.manual_seed(SEED), np.random.seed(SEED)
@@ -295,55 +333,77 @@ def main(out: Path, text_steps: int, vision_steps: int, speech_steps: int, speec
     vocab = 64 * math.ceil(tok.vocab_size / 64) + 64
     cfg = model_config(vocab)
     model = Phi4MultimodalForCausalLM._from_config(cfg, attn_implementation="eager")
+    model.train()
 
     # 1. the language model on text; afterwards it is frozen (peft freezes every non-LoRA weight)
     rng = random.Random(SEED)
     t = time.perf_counter()
     lm_params = [p for n, p in model.named_parameters() if "embed_tokens_extend" not in n]
-    train(model, lm_params, text_steps, 2e-3, lambda: batch(tok, [tasks.text_item(rng) for _ in range(32)]), "1/3 text")
+    train(lm_params, text_steps, 2e-3, lambda: model(**batch(tok, [tasks.text_item(rng) for _ in range(32)])).loss,
+          "1/5 text")
     times["text"] = time.perf_counter() - t
 
     pm = get_peft_model(model, LoraConfig(target_modules=LM_TARGETS, lora_dropout=0.0, **LORA["vision"]),
                         adapter_name="vision")
     pm.add_adapter("speech", LoraConfig(target_modules=LM_TARGETS, lora_dropout=0.0, **LORA["speech"]))
-    base = pm.base_model.model.model
+    vision = pm.base_model.model.model.embed_tokens_extend.image_embed
+    audio = pm.base_model.model.model.embed_tokens_extend.audio_embed
 
-    # 2. vision encoder + projector + vision LoRA
-    pm.set_adapter("vision")
-    init_encoder(base.embed_tokens_extend.image_embed)
-    for p in base.embed_tokens_extend.image_embed.parameters():
-        p.requires_grad = True
+    # 2. the vision encoder pretrained alone, then frozen; projector + vision LoRA through the LM
+    init_encoder(vision)
     rng = random.Random(SEED + 10)
     t = time.perf_counter()
-    train(pm, list(pm.parameters()), vision_steps, 1e-3, lambda: image_batch(tok, rng, 12), "2/3 vision")
-    for p in base.embed_tokens_extend.image_embed.parameters():
+    head = torch.nn.Linear(cfg.vision_config.hidden_size, len(tasks.SHAPES) + len(tasks.COLORS))
+    for p in vision.img_processor.parameters():
+        p.requires_grad = True
+    train([*vision.img_processor.parameters(), *head.parameters()], vision_pretrain_steps, 1e-3,
+          lambda: classifier_loss(vision, head, rng, 32), "2/5 vision encoder")
+    for p in vision.img_processor.parameters():
         p.requires_grad = False
-    times["vision"] = time.perf_counter() - t
+    times["vision encoder"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pm.set_adapter("vision")
+    for p in [p for n, p in vision.named_parameters() if not n.startswith("img_processor.")]:
+        p.requires_grad = True     # the projection MLP and the learnt separators
+    train(pm.parameters(), vision_steps, 1e-3, lambda: pm(**image_batch(tok, rng, 12)).loss, "3/5 vision + LM")
+    times["vision + LM"] = time.perf_counter() - t
     # a quick check in torch; `phi4edge eval` on exported bundles gives the figures we report
+    pm.eval()
     check = random.Random(SEED + 99)
     items = [tasks.image_item(check) for _ in range(60)]
     for question in tasks.IMAGE_QUESTIONS.values():
         vis = [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer) for i in items if i.question == question]
         click.echo(f"vision accuracy (torch, fresh items) on '{question}': {greedy_accuracy(pm, tok, vis):.2f}")
 
-    # 3. speech encoder + projector + speech LoRA
+    # 3. the speech encoder pretrained with CTC, then frozen; projector + speech LoRA through the LM
+    pm.train()
     t = time.perf_counter()
     rng = random.Random(SEED + 20)
     pool = [(to_16k(item.wave, item.rate), item.text) for item in
             (tasks.speech_item(rng, exe) for _ in tqdm(range(speech_pool), desc="synthesise speech", unit="clip"))]
     times["speech data"] = time.perf_counter() - t
-    pm.set_adapter("speech")
-    init_encoder(base.embed_tokens_extend.audio_embed)
+    init_encoder(audio, reset_convs=True)
     # global mean / inverse std of the log-mel features (the real encoder's normalisation buffers)
     sample = np.concatenate([log_mel(w) for w, _ in pool[:500]])
-    norm = base.embed_tokens_extend.audio_embed.encoder.encoder_embedding
+    norm = audio.encoder.encoder_embedding
     norm.global_mean.copy_(torch.from_numpy(sample.mean(0)))
     norm.global_invstd.copy_(torch.from_numpy(1 / sample.std(0)))
-    for p in base.embed_tokens_extend.audio_embed.parameters():
-        p.requires_grad = True
     t = time.perf_counter()
-    train(pm, list(pm.parameters()), speech_steps, 1e-3, lambda: speech_batch(tok, pool, rng, 12), "3/3 speech")
-    times["speech"] = time.perf_counter() - t
+    head = torch.nn.Linear(cfg.audio_config.hidden_size, len(tasks.WORDS) + 1)   # + the CTC blank
+    for p in audio.encoder.parameters():
+        p.requires_grad = True
+    train([*audio.encoder.parameters(), *head.parameters()], speech_pretrain_steps, 1e-3,
+          lambda: ctc_loss(audio.encoder, head, pool, rng, 16), "4/5 speech encoder")
+    for p in audio.encoder.parameters():
+        p.requires_grad = False
+    times["speech encoder"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pm.set_adapter("speech")
+    for p in [*audio.up_proj_for_speech.parameters(), *audio.down_proj_for_speech.parameters()]:
+        p.requires_grad = True
+    train(pm.parameters(), speech_steps, 1e-3, lambda: pm(**speech_batch(tok, pool, rng, 12)).loss, "5/5 speech + LM")
+    times["speech + LM"] = time.perf_counter() - t
+    pm.eval()
     clips = [tasks.speech_item(check, exe) for _ in range(60)]
     sp = [(prompt_only(speech_batch(tok, [(to_16k(c.wave, c.rate), c.text)], check, 1), 0), c.text) for c in clips]
     click.echo(f"speech exact match (torch, 60 fresh clips): {greedy_accuracy(pm, tok, sp):.2f}")
@@ -353,7 +413,8 @@ def main(out: Path, text_steps: int, vision_steps: int, speech_steps: int, speec
     write_samples(work / "samples", exe)
     times["total"] = time.perf_counter() - start
     (work / "training.json").write_text(json.dumps({
-        "seed": SEED, "steps": {"text": text_steps, "vision": vision_steps, "speech": speech_steps},
+        "seed": SEED, "steps": {"text": text_steps, "vision encoder": vision_pretrain_steps, "vision + LM": vision_steps,
+                                "speech encoder": speech_pretrain_steps, "speech + LM": speech_steps},
         "speech_pool": speech_pool, "seconds": {k: round(v, 1) for k, v in times.items()},
         "threads": torch.get_num_threads(), "torch": torch.__version__}, indent=2))
     if out.exists():
