@@ -21,14 +21,17 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q
 
-# Until the embedded model lands, the demo exports a small random checkpoint in the real layout
-# (pass MODEL=path/to/checkpoint to export your own).
+# The embedded tiny Phi-4-multimodal (models/embedded) exported to int4, then a text, an image and
+# an audio prompt. MODEL=path/to/checkpoint exports and runs your own checkpoint instead.
 demo: install
-	@if [ -z "$(MODEL)" ]; then \
-	  rm -rf $(DEMO)/checkpoint && $(PY) bench/synthetic_checkpoint.py --preset tiny -o $(DEMO)/checkpoint; fi
-	$(VENV)/bin/phi4edge export $(or $(MODEL),$(DEMO)/checkpoint) -o $(DEMO)/bundle --force
+ifeq ($(MODEL),)
+	$(VENV)/bin/phi4edge demo --bundle $(DEMO)/embedded-int4 --force
+	$(VENV)/bin/phi4edge inspect $(DEMO)/embedded-int4 --no-verify
+else
+	$(VENV)/bin/phi4edge export $(MODEL) -o $(DEMO)/bundle --force
 	$(VENV)/bin/phi4edge inspect $(DEMO)/bundle
 	$(VENV)/bin/phi4edge run $(DEMO)/bundle --prompt "Explain GQA in one paragraph." --max-new-tokens 32
+endif
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

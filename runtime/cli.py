@@ -177,6 +177,37 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
 
 
 @main.command()
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
+              help="Where to export the embedded model (default: ~/.cache/phi4edge/embedded-PRECISION).")
+@click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
+@click.option("--force", is_flag=True, help="Export again even if the bundle exists.")
+@friendly_errors
+def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
+    """Export the embedded tiny Phi-4-multimodal and answer a text, an image and an audio prompt."""
+    from ..export import export_model
+    from ..models import EMBEDDED
+    from .generate import load
+    if not (EMBEDDED / "checkpoint" / "config.json").is_file():
+        raise click.ClickException(f"the embedded model is missing from {EMBEDDED} (see models/train_embedded.py)")
+    bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"
+    if force or not (bundle / "manifest.json").is_file():
+        export_model(EMBEDDED / "checkpoint", bundle, precision=precision, force=True)
+    model = load(bundle)
+    samples = EMBEDDED / "samples"
+    spec = json.loads((samples / "samples.json").read_text())
+    requests = [("text", "Count from three to seven.", "three four five six seven", {}),
+                ("image", spec["image"]["prompt"], spec["image"]["answer"], {"images": [str(samples / spec["image"]["file"])]}),
+                ("audio", spec["audio"]["prompt"], spec["audio"]["answer"], {"audios": [str(samples / spec["audio"]["file"])]})]
+    click.echo(f"bundle {bundle} ({precision})")
+    for kind, prompt, expected, media in requests:
+        result = model.generate(prompt, max_new_tokens=24, **media)
+        files = ", ".join(Path(f).name for f in media.get("images", []) + media.get("audios", []))
+        click.echo(f"\n[{kind}] {prompt}" + (f"  ({files})" if files else ""))
+        click.echo(f"  answer:   {result.text.strip()}   (adapter: {result.adapter or 'none'})")
+        click.echo(f"  expected: {expected}")
+
+
+@main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of every file.")
 @friendly_errors
