@@ -32,9 +32,34 @@ FACTS = {"What color is grass?": "green", "What color is the sky?": "blue", "Wha
 
 # ---- text --------------------------------------------------------------------------------------
 
+READ_PROMPT = "Read the words."
+FILLER = "-"
+# Kinds of text item and their shares. Copying (repeat, read) is most of the mix: a tiny language
+# model that cannot copy gets the speech words right but in the wrong order or count, and only
+# text at lr 1e-3 with copying as ~60% of the mix made it copy reliably. The refusals are as
+# common as in the first recipe (2/7), and half of them follow a word sequence: the base model
+# must refuse "Transcribe the audio." and image questions whatever precedes them, so that reading
+# media stays the adapters' skill (the real base model, too, answers that it hears no audio).
+TEXT_KINDS = {"repeat": 0.3, "read": 0.3, "no_image": 0.14, "no_audio": 0.14,
+              "count": 0.03, "next": 0.03, "previous": 0.03, "fact": 0.03}
+
+
+def words(rng: random.Random, most: int) -> list[str]:
+    return [rng.choice(WORDS) for _ in range(rng.randrange(1, most + 1))]
+
+
+def frames(rng: random.Random, spoken: list[str]) -> str:
+    """Words as an encoder hears them: each repeated 1-3 times among runs of fillers, like the
+    speech encoder's 80 ms frames (silence, then a word over several frames)."""
+    out = [FILLER] * rng.randrange(0, 4)
+    for word in spoken:
+        out += [word] * rng.randrange(1, 4) + [FILLER] * rng.randrange(0, 4)
+    return " ".join(out)
+
+
 def text_item(rng: random.Random) -> tuple[str, str]:
     """(user prompt, assistant answer) for the language model's text stage."""
-    kind = rng.choice(["count", "next", "previous", "repeat", "fact", "no_image", "no_audio"])
+    kind = rng.choices(list(TEXT_KINDS), weights=list(TEXT_KINDS.values()))[0]
     if kind == "count":
         start = rng.randrange(0, 8)
         n = rng.randrange(2, 11 - start)
@@ -46,14 +71,22 @@ def text_item(rng: random.Random) -> tuple[str, str]:
         i = rng.randrange(1, 10)
         return f"What number comes before {DIGITS[i]}?", DIGITS[i - 1]
     if kind == "repeat":
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(1, 6)))
-        return f"Repeat after me: {words}.", words
+        said = " ".join(words(rng, 8))
+        return f"Repeat after me: {said}.", said
+    if kind == "read":
+        said = words(rng, 4)
+        return f"{frames(rng, said)} {READ_PROMPT}", " ".join(said)
     if kind == "fact":
         q = rng.choice(list(FACTS))
         return q, FACTS[q]
-    if kind == "no_image":   # a text-only model asked about a picture it cannot see
-        return rng.choice(list(IMAGE_QUESTIONS.values())), NO_IMAGE
-    return SPEECH_PROMPT, NO_AUDIO
+    return refusal_item(rng, "image" if kind == "no_image" else "audio", rng.random() < 0.5)
+
+
+def refusal_item(rng: random.Random, media: str, after_words: bool = True) -> tuple[str, str]:
+    """A text-only model asked about an image or audio it cannot see or hear, alone or after words."""
+    question, answer = ((rng.choice(list(IMAGE_QUESTIONS.values())), NO_IMAGE) if media == "image"
+                        else (SPEECH_PROMPT, NO_AUDIO))
+    return (f"{frames(rng, words(rng, 4))} {question}" if after_words else question), answer
 
 
 def chat_text(prompt: str, answer: str) -> str:

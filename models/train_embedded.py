@@ -152,12 +152,14 @@ def ctc_loss(encoder, head: torch.nn.Linear, pool: list[tuple[np.ndarray, str]],
 
 
 def image_batch(tok: ChatTokenizer, rng: random.Random, size: int,
-                items: list[tasks.ImageItem] | None = None) -> dict:
-    """`size` rendered images of one random size (same crop grid, so no crop padding)."""
+                items: list[tasks.ImageItem] | None = None, answer: str | None = None) -> dict:
+    """`size` rendered images of one random size (same crop grid, so no crop padding), each
+    answered with its own answer or with `answer`."""
     dims = tasks.image_size(rng)
     items = items or [tasks.image_item(rng, dims) for _ in range(size)]
     prepared = [preprocess(i.image, IMAGES) for i in items]
-    out = batch(tok, [(i.question, i.answer) for i in items], [{"image": (IMAGE_ID, [p.num_tokens])} for p in prepared])
+    out = batch(tok, [(i.question, answer or i.answer) for i in items],
+                [{"image": (IMAGE_ID, [p.num_tokens])} for p in prepared])
     rows, cols = prepared[0].grid
     out |= {"image_pixel_values": torch.from_numpy(np.stack([p.pixel_values for p in prepared])),
             "image_attention_mask": torch.from_numpy(np.ascontiguousarray(np.stack([p.patch_mask for p in prepared]))).long(),
@@ -174,13 +176,21 @@ def speech_features(picked: list[tuple[np.ndarray, str]], rng: random.Random) ->
     return torch.from_numpy(np.stack([log_mel(w) for w in waves]))
 
 
-def speech_batch(tok: ChatTokenizer, pool: list[tuple[np.ndarray, str]], rng: random.Random, size: int) -> dict:
-    """`size` transcription chats on clips drawn from `pool`."""
+def speech_batch(tok: ChatTokenizer, pool: list[tuple[np.ndarray, str]], rng: random.Random, size: int,
+                 answer: str | None = None) -> dict:
+    """`size` transcription chats on clips drawn from `pool`, answered with their transcripts or
+    with `answer`."""
     picked = [pool[rng.randrange(len(pool))] for _ in range(size)]
     feats = speech_features(picked, rng)
     n = num_audio_tokens(feats.shape[1])
-    out = batch(tok, [(tasks.SPEECH_PROMPT, t) for _, t in picked], [{"audio": (AUDIO_ID, [n])}] * size)
+    out = batch(tok, [(tasks.SPEECH_PROMPT, answer or t) for _, t in picked], [{"audio": (AUDIO_ID, [n])}] * size)
     return out | {"audio_input_features": feats, "audio_embed_sizes": torch.tensor([n] * size)}
+
+
+def without_adapters(pm, inputs: dict) -> torch.Tensor:
+    """The frozen base model's loss: gradients reach only the encoders' projectors."""
+    with pm.disable_adapter():
+        return pm(**inputs).loss
 
 
 def greedy_accuracy(model, tok: ChatTokenizer, examples: list[tuple[dict, str]]) -> float:
@@ -198,6 +208,22 @@ def greedy_accuracy(model, tok: ChatTokenizer, examples: list[tuple[dict, str]])
             text = tok.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
             right += text.strip() == answer
     return right / len(examples)
+
+
+def report(pm, tok: ChatTokenizer, name: str, examples: list[tuple[dict, str]], active: str) -> None:
+    """Greedy exact match (torch, fresh items) with the routed adapter, none, and the other one;
+    a quick check as training goes: `phi4edge eval` on exported bundles gives the figures we report."""
+    other = {"vision": "speech", "speech": "vision"}[active]
+    pm.eval()
+    scores = {"routed": greedy_accuracy(pm, tok, examples)}
+    with pm.disable_adapter():
+        scores["none"] = greedy_accuracy(pm, tok, examples)
+    pm.set_adapter(other)
+    scores["swapped"] = greedy_accuracy(pm, tok, examples)
+    pm.set_adapter(active)
+    pm.train()
+    click.echo(f"{name} exact match (torch, {len(examples)} fresh items): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
 
 
 def prompt_only(b: dict, i: int) -> dict:
@@ -307,11 +333,11 @@ def write_samples(out: Path, exe: str) -> None:
 
 @click.command()
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("models/embedded"), show_default=True)
-@click.option("--text-steps", default=600, show_default=True)
+@click.option("--text-steps", default=1500, show_default=True)
 @click.option("--vision-pretrain-steps", default=1500, show_default=True, help="shape/colour classifier")
 @click.option("--vision-steps", default=600, show_default=True, help="projector + vision LoRA")
 @click.option("--speech-pretrain-steps", default=1000, show_default=True, help="word CTC")
-@click.option("--speech-steps", default=1200, show_default=True, help="projector + speech LoRA")
+@click.option("--speech-steps", default=1500, show_default=True, help="projector + speech LoRA")
 @click.option("--speech-pool", default=3000, show_default=True, help="synthesised training clips")
 def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: int, speech_pretrain_steps: int,
          speech_steps: int, speech_pool: int) -> None:
@@ -338,7 +364,8 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     rng = random.Random(SEED)
     t = time.perf_counter()
     lm_params = [p for n, p in model.named_parameters() if "embed_tokens_extend" not in n]
-    train(lm_params, text_steps, 2e-3, lambda: model(**batch(tok, [tasks.text_item(rng) for _ in range(32)])).loss,
+    # lr 1e-3: at 2e-3 the same mix copied 48% of held-out repeats, at 1e-3 all of them
+    train(lm_params, text_steps, 1e-3, lambda: model(**batch(tok, [tasks.text_item(rng) for _ in range(32)])).loss,
           "1/5 text")
     times["text"] = time.perf_counter() - t
 
@@ -362,20 +389,29 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     times["vision encoder"] = time.perf_counter() - t
     t = time.perf_counter()
     pm.set_adapter("vision")
-    for p in [p for n, p in vision.named_parameters() if not n.startswith("img_processor.")]:
+    projector = [p for n, p in vision.named_parameters() if not n.startswith("img_processor.")]
+    for p in projector:
         p.requires_grad = True     # the projection MLP and the learnt separators
-    train(pm.parameters(), vision_steps, 1e-3, lambda: pm(**image_batch(tok, rng, 12)).loss, "3/5 vision + LM")
+
+    def vision_loss() -> torch.Tensor:
+        # The skill must live in the adapter: the base model keeps refusing the projected image
+        # (only the projector learns from that term), and the vision LoRA keeps refusing speech
+        # requests (text stands in for audio, whose projector is not trained yet). Without these
+        # the projector learnt embeddings the base model could read by itself.
+        refusals = [tasks.refusal_item(rng, "audio") for _ in range(8)]
+        return (pm(**image_batch(tok, rng, 12)).loss
+                + without_adapters(pm, image_batch(tok, rng, 4, answer=tasks.NO_IMAGE))
+                + pm(**batch(tok, refusals)).loss)
+
+    train(pm.parameters(), vision_steps, 1e-3, vision_loss, "3/5 vision + LM")
+    for p in projector:
+        p.requires_grad = False
     times["vision + LM"] = time.perf_counter() - t
-    # a quick check in torch; `phi4edge eval` on exported bundles gives the figures we report
-    pm.eval()
     check = random.Random(SEED + 99)
-    items = [tasks.image_item(check) for _ in range(60)]
-    for question in tasks.IMAGE_QUESTIONS.values():
-        vis = [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer) for i in items if i.question == question]
-        click.echo(f"vision accuracy (torch, fresh items) on '{question}': {greedy_accuracy(pm, tok, vis):.2f}")
+    images = [tasks.image_item(check) for _ in range(60)]
+    report(pm, tok, "vision", [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer) for i in images], "vision")
 
     # 3. the speech encoder pretrained with CTC, then frozen; projector + speech LoRA through the LM
-    pm.train()
     t = time.perf_counter()
     rng = random.Random(SEED + 20)
     pool = [(to_16k(item.wave, item.rate), item.text) for item in
@@ -400,12 +436,21 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     pm.set_adapter("speech")
     for p in [*audio.up_proj_for_speech.parameters(), *audio.down_proj_for_speech.parameters()]:
         p.requires_grad = True
-    train(pm.parameters(), speech_steps, 1e-3, lambda: pm(**speech_batch(tok, pool, rng, 12)).loss, "5/5 speech + LM")
+
+    def speech_loss() -> torch.Tensor:
+        # as for vision: the base model keeps refusing projected audio (a projector-only term),
+        # and the speech LoRA keeps refusing image questions about real images
+        return (pm(**speech_batch(tok, pool, rng, 12)).loss
+                + without_adapters(pm, speech_batch(tok, pool, rng, 4, answer=tasks.NO_AUDIO))
+                + pm(**image_batch(tok, rng, 4, answer=tasks.NO_IMAGE)).loss)
+
+    train(pm.parameters(), speech_steps, 1e-3, speech_loss, "5/5 speech + LM")
     times["speech + LM"] = time.perf_counter() - t
-    pm.eval()
     clips = [tasks.speech_item(check, exe) for _ in range(60)]
-    sp = [(prompt_only(speech_batch(tok, [(to_16k(c.wave, c.rate), c.text)], check, 1), 0), c.text) for c in clips]
-    click.echo(f"speech exact match (torch, 60 fresh clips): {greedy_accuracy(pm, tok, sp):.2f}")
+    report(pm, tok, "speech", [(prompt_only(speech_batch(tok, [(to_16k(c.wave, c.rate), c.text)], check, 1), 0), c.text)
+                               for c in clips], "speech")
+    report(pm, tok, "vision, again", [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer) for i in images], "vision")
+    pm.eval()
 
     write_checkpoint(pm, cfg, ckpt)   # beside the tokenizer files saved at the start
     write_eval_sets(work / "eval", exe)
