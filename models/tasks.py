@@ -49,11 +49,11 @@ def words(rng: random.Random, most: int) -> list[str]:
 
 
 def frames(rng: random.Random, spoken: list[str]) -> str:
-    """Words as an encoder hears them: each repeated 1-3 times among runs of fillers, like the
-    speech encoder's 80 ms frames (silence, then a word over several frames)."""
-    out = [FILLER] * rng.randrange(0, 4)
-    for word in spoken:
-        out += [word] * rng.randrange(1, 4) + [FILLER] * rng.randrange(0, 4)
+    """Words as the speech encoder's 80 ms frames show them: each over 1-2 frames among runs of
+    fillers (silence, the CTC blank), and a filler between two runs of the same word, as CTC needs."""
+    out = [FILLER] * rng.randrange(0, 7)
+    for word, after in zip(spoken, spoken[1:] + [None]):
+        out += [word] * rng.randrange(1, 3) + [FILLER] * rng.randrange(int(word == after), 7)
     return " ".join(out)
 
 
