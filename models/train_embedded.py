@@ -61,6 +61,7 @@ IMAGE_ID, AUDIO_ID = 7, 8          # <|endoftext10|>, <|endoftext11|> in our tok
 LM_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
 LORA = {"vision": dict(r=32, lora_alpha=64), "speech": dict(r=40, lora_alpha=80)}   # alpha/r = 2, as the real model
 EVAL_SIZES = {"image": 300, "speech": 200, "text": 200}
+PROJECTOR_START_STEPS = 300   # speech projector onto CTC posteriors, before the LoRA stage
 
 
 def model_config(vocab: int):
@@ -472,7 +473,7 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     ids = [tok.tokenizer.encode(f" {w}", add_special_tokens=False).ids for w in tasks.WORDS + [tasks.FILLER]]
     assert all(len(i) == 1 for i in ids), "each task word is one token after a space"
     targets = pm.base_model.model.model.embed_tokens.weight[[i[0] for i in ids]].detach()
-    train(projector, 300, 1e-3, lambda: projector_start_loss(audio, head, targets, pool, rng, 16),
+    train(projector, PROJECTOR_START_STEPS, 1e-3, lambda: projector_start_loss(audio, head, targets, pool, rng, 16),
           "5/5 speech projector start")
 
     def speech_loss() -> torch.Tensor:
@@ -496,7 +497,8 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     times["total"] = time.perf_counter() - start
     (work / "training.json").write_text(json.dumps({
         "seed": SEED, "steps": {"text": text_steps, "vision encoder": vision_pretrain_steps, "vision + LM": vision_steps,
-                                "speech encoder": speech_pretrain_steps, "speech + LM": speech_steps},
+                                "speech encoder": speech_pretrain_steps,
+                                "speech projector start": PROJECTOR_START_STEPS, "speech + LM": speech_steps},
         "speech_pool": speech_pool, "seconds": {k: round(v, 1) for k, v in times.items()},
         "threads": torch.get_num_threads(), "torch": torch.__version__}, indent=2))
     if out.exists():
