@@ -443,8 +443,9 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
         p.requires_grad = False
     times["vision + LM"] = time.perf_counter() - t
     check = random.Random(SEED + 99)
-    images = [tasks.image_item(check) for _ in range(60)]
-    report(pm, tok, "vision", [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer) for i in images], "vision")
+    images = [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer)
+              for i in (tasks.image_item(check) for _ in range(60))]
+    report(pm, tok, "vision", images, "vision")
 
     # 3. the speech encoder pretrained with CTC, then frozen; projector + speech LoRA through the LM
     t = time.perf_counter()
@@ -490,7 +491,7 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     clips = [tasks.speech_item(check, exe) for _ in range(60)]
     report(pm, tok, "speech", [(prompt_only(speech_batch(tok, [(to_16k(c.wave, c.rate), c.text)], check, 1), 0), c.text)
                                for c in clips], "speech")
-    report(pm, tok, "vision, again", [(prompt_only(image_batch(tok, check, 1, [i]), 0), i.answer) for i in images], "vision")
+    report(pm, tok, "vision, again", images, "vision")
     pm.eval()
 
     write_checkpoint(pm, cfg, ckpt)   # beside the tokenizer files saved at the start
