@@ -156,7 +156,12 @@ def classifier_loss(image_embed, head: torch.nn.Linear, rng: random.Random, size
 
 
 def draw(pool: list, rng: random.Random, size: int) -> list:
-    return [pool[rng.randrange(len(pool))] for _ in range(size)]
+    """`size` clips of about the same length from a pool sorted by length, so that padding to the
+    longest adds almost no silence. Padding random batches gave most clips a second or more of
+    trailing silence that held-out clips never have: that model transcribed the held-out set at
+    13.1% WER as it is, and at 7.2% with 0.5 s of silence appended (the last word is heard late)."""
+    start = rng.randrange(max(1, len(pool) - 4 * size))
+    return rng.sample(pool[start:start + 4 * size], size)
 
 
 def ctc_loss(encoder, head: torch.nn.Linear, pool: list[tuple[np.ndarray, str]], rng: random.Random,
@@ -203,7 +208,7 @@ def image_batch(tok: ChatTokenizer, rng: random.Random, size: int,
 
 def speech_features(picked: list[tuple[np.ndarray, str]], rng: random.Random) -> torch.Tensor:
     """Log-mel features of 16 kHz clips, padded at the end with low noise to the longest (so no
-    attention mask is needed)."""
+    attention mask is needed; `draw` picks clips of about the same length)."""
     length = max(len(w) for w, _ in picked)
     noise = np.random.default_rng(rng.randrange(1 << 30))
     waves = [np.concatenate([w, noise.normal(0, 1e-3, length - len(w)).astype(np.float32)]) for w, _ in picked]
@@ -459,6 +464,7 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
     norm = audio.encoder.encoder_embedding
     norm.global_mean.copy_(torch.from_numpy(sample.mean(0)))
     norm.global_invstd.copy_(torch.from_numpy(1 / sample.std(0)))
+    pool.sort(key=lambda clip: len(clip[0]))   # for `draw`
     t = time.perf_counter()
     head = torch.nn.Linear(cfg.audio_config.hidden_size, len(tasks.WORDS) + 1)   # + the CTC blank
     for p in audio.encoder.parameters():
