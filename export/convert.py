@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import onnx
-from tqdm import tqdm
 from tokenizers import Tokenizer
 
 from importlib.metadata import version
@@ -18,6 +17,7 @@ from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, r
 from ..models.phi3 import Phi3Weights
 from ..models.phi4mm import AUDIO_TOKEN, IMAGE_TOKEN, SpeechWeights, VisionWeights, has_speech, has_vision
 from ..quant import QuantConfig
+from ..runtime.progress import progress
 from .adapters import write_adapter
 from .bundle import staging, write_manifest
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
@@ -80,8 +80,8 @@ def export_encoder(kind: str, builder, weights, layers: int, quant: QuantConfig 
     """KIND.onnx (+ its own weight file) for the vision or speech encoder; returns its manifest entry."""
     data = WeightFile(out / f"{kind}.onnx.data")
     graph = Graph(f"phi4mm_{kind}", data)
-    with tqdm(total=layers, desc=f"export {kind}", unit="layer", disable=not show_progress) as bar:
-        builder(graph, weights, quant).build(lambda _: bar.update())
+    with progress(layers, f"export {kind}", "layer", show_progress) as tick:
+        builder(graph, weights, quant).build(lambda _: tick())
     data.close()
     onnx.save_model(graph.model(), out / f"{kind}.onnx")
     return {"graph": f"{kind}.onnx", "config": weights.cfg.to_json()}
@@ -106,7 +106,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     tok_path = model_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path}: not found (phi4edge needs the fast tokenizer file)")
-    tokenizer = Tokenizer.from_file(str(tok_path))
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    except Exception as e:   # the Rust parser raises plain Exception for any malformed file
+        raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
     ckpt = Checkpoint(model_dir)
     weights = Phi3Weights(ckpt, cfg)
     weights.check()   # every tensor present and shaped right before anything is written
@@ -120,11 +123,11 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     media = ((("image_features", vision_weights.cfg.image_token_id),) if vision_weights else ()) + \
         ((("audio_features", speech_weights.cfg.audio_token_id),) if speech_weights else ())
 
-    with staging(out_dir, force) as tmp:
+    with staging(out_dir, force, [model_dir, *(Path(p) for p in (adapters or {}).values())]) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
         graph = Graph("phi3_decoder", data)
-        with tqdm(total=cfg.num_layers, desc="export decoder", unit="layer", disable=not show_progress) as bar:
-            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: bar.update())
+        with progress(cfg.num_layers, "export decoder", "layer", show_progress) as tick:
+            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: tick())
         data.close()
         encoders = {}
         if vision_weights:
@@ -135,9 +138,11 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             encoders["speech"] = export_encoder("speech", SpeechBuilder, speech_weights, speech_weights.cfg.num_blocks,
                                                 quant, tmp, show_progress)
         adapter_entries = {}
-        for adapter in tqdm(loras, desc="export adapters", unit="adapter", disable=not show_progress or not loras):
-            adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
-                                                          adapter_precision, base_id)
+        with progress(len(loras), "export adapters", "adapter", show_progress and bool(loras)) as tick:
+            for adapter in loras:
+                adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
+                                                              adapter_precision, base_id)
+                tick()
         onnx.save_model(graph.model(), tmp / "decoder.onnx")
         for name in TOKENIZER_FILES + ("config.json",):
             if (model_dir / name).is_file():

@@ -80,6 +80,16 @@ def _require(cfg: dict, key: str, path: Path):
     return cfg[key]
 
 
+def _count(cfg: dict, key: str, path: Path, default: int | None = None) -> int:
+    """A positive integer field (sizes, counts): anything else names the field."""
+    value = cfg.get(key) if cfg.get(key) is not None else default
+    if value is None:
+        raise CheckpointError(f"{path}: required field '{key}' is missing")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+        raise CheckpointError(f"{path}: field '{key}' is {value!r}; it must be a positive integer")
+    return int(value)
+
+
 def _rope(cfg: dict, head_dim: int, max_position: int, path: Path) -> RopeConfig:
     params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
     theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
@@ -114,9 +124,11 @@ def load_config(model_dir: str | Path) -> DecoderConfig:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found (is {model_dir} a Hugging Face checkpoint folder?)")
     try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: must be a JSON object")
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
@@ -124,20 +136,33 @@ def load_config(model_dir: str | Path) -> DecoderConfig:
             f"{path}: architecture {archs or cfg.get('model_type')!r} is not supported; "
             f"phi4edge exports {sorted(SUPPORTED_ARCHITECTURES)}")
     text = cfg.get("text_config") or cfg   # transformers-native multimodal nests the LM config
-    hidden = int(_require(text, "hidden_size", path))
-    heads = int(_require(text, "num_attention_heads", path))
-    head_dim = int(text.get("head_dim") or hidden // heads)
-    max_position = int(_require(text, "max_position_embeddings", path))
+    if not isinstance(text, dict):
+        raise CheckpointError(f"{path}: field 'text_config' must be an object")
+    hidden = _count(text, "hidden_size", path)
+    heads = _count(text, "num_attention_heads", path)
+    head_dim = _count(text, "head_dim", path, hidden // heads or None)
+    kv_heads = _count(text, "num_key_value_heads", path, heads)
+    if heads % kv_heads:
+        raise CheckpointError(f"{path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    max_position = _count(text, "max_position_embeddings", path)
+    try:
+        return _decoder_config(cfg, text, arch, hidden, heads, kv_heads, head_dim, max_position, path)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed field ({e})") from None
+
+
+def _decoder_config(cfg: dict, text: dict, arch: str, hidden: int, heads: int, kv_heads: int, head_dim: int,
+                    max_position: int, path: Path) -> DecoderConfig:
     return DecoderConfig(
         model_type=str(cfg.get("model_type", "phi3")),
         architecture=arch,
         hidden_size=hidden,
-        num_layers=int(_require(text, "num_hidden_layers", path)),
+        num_layers=_count(text, "num_hidden_layers", path),
         num_heads=heads,
-        num_kv_heads=int(text.get("num_key_value_heads") or heads),
+        num_kv_heads=kv_heads,
         head_dim=head_dim,
-        intermediate_size=int(_require(text, "intermediate_size", path)),
-        vocab_size=int(_require(text, "vocab_size", path)),
+        intermediate_size=_count(text, "intermediate_size", path),
+        vocab_size=_count(text, "vocab_size", path),
         rms_norm_eps=float(text.get("rms_norm_eps", 1e-5)),
         max_position=max_position,
         rope=_rope(text, head_dim, max_position, path),

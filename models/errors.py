@@ -11,3 +11,7 @@ class CheckpointError(Phi4EdgeError):
 
 class BundleError(Phi4EdgeError):
     """A bundle is missing, corrupt or does not fit the request."""
+
+
+class RequestError(Phi4EdgeError):
+    """A request (prompt, media, sampling settings) that cannot be served as given."""

@@ -406,7 +406,7 @@ def main(out: Path, text_steps: int, vision_pretrain_steps: int, vision_steps: i
 
     tokenizer = train_tokenizer(640, tasks.tokenizer_corpus())
     save_tokenizer(tokenizer, ckpt, 16384)
-    tok = ChatTokenizer(ckpt)
+    tok = ChatTokenizer.from_dir(ckpt)
     vocab = 64 * math.ceil(tok.vocab_size / 64) + 64
     cfg = model_config(vocab)
     model = Phi4MultimodalForCausalLM._from_config(cfg, attn_implementation="eager")

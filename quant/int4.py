@@ -43,7 +43,10 @@ def quantize_int4(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarra
     """
     n, k = w.shape
     blocks = -(-k // block_size)
-    packed = np.empty((n, blocks, block_size // 2), np.uint8)
+    # The packer writes only the nibbles of the K real columns: the padding of a last partial block
+    # (SigLIP's fc2, K = 4304) would keep whatever heap bytes np.empty returned, and two exports
+    # would differ. 0x88 is the zero point in both nibbles: the padding decodes to exact zeros.
+    packed = np.full((n, blocks, block_size // 2), 0x88, np.uint8)
     scales = np.empty((n, blocks), np.float32)
     zero_points = np.empty(0, np.uint8)   # unused when symmetric
     step = max(1, CHUNK_ELEMENTS // k)

@@ -42,15 +42,23 @@ class PreparedAudio:
         return num_audio_tokens(len(self.features))
 
 
-def load_audio(source: str | Path | bytes) -> np.ndarray:
-    """Decode wav/flac/ogg (any integer or float format), average the channels, resample to 16 kHz."""
+def load_audio(source: str | Path | bytes, max_seconds: float | None = None) -> np.ndarray:
+    """Decode wav/flac/ogg/mp3 (any integer or float format), average the channels, resample to
+    16 kHz. With `max_seconds`, a longer file is refused from its header, before it is decoded."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise AudioError(f"{name}: no such file")
+    opened = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)
     try:
-        data, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source,
-                                    dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        with soundfile.SoundFile(opened()) as f:
+            rate, frames = f.samplerate, f.frames
+            if rate <= 0:
+                raise AudioError(f"{name}: invalid sample rate {rate}")
+            if max_seconds is not None and frames / rate > max_seconds:
+                raise AudioError(f"{name}: {frames / rate:.1f} s of audio is longer than this model's context "
+                                 f"allows ({max_seconds:.1f} s)")
+            data = f.read(dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError) as e:
         raise AudioError(f"{name}: not a readable audio file ({e})") from None
     if data.size == 0:
         raise AudioError(f"{name}: the file holds no audio samples")

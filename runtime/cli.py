@@ -12,13 +12,22 @@ from ..models.errors import Phi4EdgeError
 
 
 def friendly_errors(fn):
-    """Our own errors (bad checkpoint, bad bundle, bad request) become one line and exit code 1."""
+    """Our own errors (bad checkpoint, bad bundle, bad request) and the system's (disk full,
+    permission denied) become one line and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Phi4EdgeError as e:
             raise click.ClickException(str(e)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory") from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
     return wrapper
 
 
@@ -65,7 +74,9 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.option("--prompt", required=True, help="The user message (or raw text with --no-chat-template).")
+@click.option("--prompt", default=None, help="The user message (or raw text with --no-chat-template).")
+@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Read the prompt from a UTF-8 file ('-': standard input) instead of --prompt.")
 @click.option("--system", default=None, help="Optional system message.")
 @click.option("--no-chat-template", is_flag=True, help="Send the prompt as raw text.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
@@ -73,7 +84,7 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
               help="Sampling temperature; greedy when unset or 0 (1.0 when only --top-k/--top-p are given).")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample among the k most likely tokens.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, help="Nucleus sampling mass.")
-@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed for sampling (>= 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @click.option("--provider", "providers", multiple=True,
               help="Execution provider (cpu, cuda, dml, coreml, qnn, nnapi, ...; repeatable, in order of preference).")
@@ -85,18 +96,26 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
 @click.option("--audio", "audios", multiple=True, type=click.Path(dir_okay=False),
               help="An audio file (wav/flac/ogg, any rate) for <|audio_N|> in the prompt (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, ids, timings) instead of streaming.")
+@click.option("--verify", is_flag=True, help="Check every file's sha256 before loading (sizes are always checked).")
 @friendly_errors
-def run(bundle: str, prompt: str, system: str | None, no_chat_template: bool, max_new_tokens: int,
-        temperature: float | None, top_k: int, top_p: float, seed: int | None, threads: int | None,
-        providers: tuple[str, ...], adapter: str | None, images: tuple[str, ...], audios: tuple[str, ...],
-        as_json: bool) -> None:
+def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_chat_template: bool,
+        max_new_tokens: int, temperature: float | None, top_k: int, top_p: float, seed: int | None,
+        threads: int | None, providers: tuple[str, ...], adapter: str | None, images: tuple[str, ...],
+        audios: tuple[str, ...], as_json: bool, verify: bool) -> None:
     """Generate an answer to one prompt."""
     from .generate import load
     from .sampling import SamplingParams
+    if (prompt is None) == (prompt_file is None):
+        raise click.UsageError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read()
+        except UnicodeDecodeError as e:
+            raise click.ClickException(f"{prompt_file.name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if temperature is None:
         temperature = 1.0 if (top_k or top_p < 1.0) else 0.0
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    model = load(bundle, threads=threads, providers=list(providers))
+    model = load(bundle, threads=threads, providers=list(providers), verify=verify)
     on_text = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
                             chat_template=not no_chat_template, system=system, adapter=adapter,
@@ -150,19 +169,15 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
 def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | None, threads: int | None,
              as_json: bool) -> None:
     """Score a bundle on held-out sets: image accuracy, speech WER, text perplexity."""
-    from tqdm import tqdm
+    from contextlib import ExitStack
 
     from .evaluate import MODES, evaluate
     from .generate import load
+    from .progress import progress
     modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
-    bars = []
-
-    def progress(total: int):
-        bars.append(tqdm(total=total, desc="eval", unit="item", disable=as_json))
-        return lambda: bars[-1].update()
-    report = evaluate(load(bundle, threads=threads), Path(eval_set), modes, limit, progress)
-    for bar in bars:
-        bar.close()
+    with ExitStack() as stack:
+        report = evaluate(load(bundle, threads=threads), Path(eval_set), modes, limit,
+                          lambda total: stack.enter_context(progress(total, "eval", "item", not as_json)))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -214,7 +229,7 @@ def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
 def inspect(bundle: str, no_verify: bool) -> None:
     """Show a bundle's manifest and verify its files."""
     from .bundle import open_bundle
-    b = open_bundle(bundle)
+    b = open_bundle(bundle, check=False)
     m = b.manifest
     cfg = m["model"]["config"]
     q = m["quantization"]
@@ -237,14 +252,17 @@ def inspect(bundle: str, no_verify: bool) -> None:
         click.echo(f"  adapter   {name}: rank {'/'.join(map(str, a['ranks']))}, alpha {a['alpha']:g}"
                    f"{' (rsLoRA)' if a['rslora'] else ''}, {a['layers']} layers x {len(a['modules'])} modules, "
                    f"{a['precision']}  <- {a['source']}")
-    report = {} if no_verify else b.verify()
-    click.echo("files")
+    report = b.audit(hashes=not no_verify)
+    click.echo("files" + (" (sizes checked; sha256 skipped)" if no_verify else " (sizes and sha256 checked)"))
     for name, entry in m["files"].items():
-        status = "" if no_verify else ("  ok" if report[name] == "ok" else f"  FAILED: {report[name]}")
-        click.echo(f"  {name:40s} {_size(entry['size']):>10s}  {entry['sha256'][:16]}{status}")
+        status = "ok" if report[name] == "ok" else f"FAILED: {report[name]}"
+        click.echo(f"  {name:40s} {_size(entry['size']):>10s}  {entry['sha256'][:16]}  {status}")
+    for name, problem in report.items():
+        if name not in m["files"]:
+            click.echo(f"  {name:40s} FAILED: {problem}")
     bad = [n for n, s in report.items() if s != "ok"]
     if bad:
-        raise click.ClickException(f"{len(bad)} file(s) failed verification: {', '.join(bad)}")
+        raise click.ClickException(f"{len(bad)} file(s) failed the checks: {', '.join(bad)}")
 
 
 if __name__ == "__main__":

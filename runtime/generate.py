@@ -1,6 +1,7 @@
 """Prompt in, tokens out: prefill, then decode one token at a time, streaming text as it comes."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -8,8 +9,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..models.errors import BundleError
-from .audio import PreparedAudio, load_audio, log_mel
+from ..models.errors import BundleError, RequestError
+from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
 from .bundle import Bundle, open_bundle
 from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .sampling import Sampler, SamplingParams
@@ -35,11 +36,20 @@ class GenerationResult:
 
 
 class Model:
-    """A loaded bundle. `generate` for a whole answer, `stream` for tokens as they come."""
+    """A loaded bundle. `generate` for a whole answer, `stream` for tokens as they come.
 
-    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, providers: list[str] | None = None):
-        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
-        self.tokenizer = ChatTokenizer(self.bundle.path)
+    Safe to share between threads: requests run one at a time (the decoder's KV cache and bound
+    adapter are per model), each giving the answer it would give alone. For parallel requests,
+    load one Model per thread.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, providers: list[str] | None = None,
+                 verify: bool = False):
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
+        b = self.bundle
+        self.tokenizer = ChatTokenizer(b.file("tokenizer.json"), b.optional_file("tokenizer_config.json"),
+                                       b.optional_file("chat_template.jinja"))
+        self.lock = threading.RLock()   # one request at a time: see the class docstring
         self.decoder = DecoderSession(self.bundle, threads, providers)
         self._threads, self._providers, self._vision, self._speech = threads, providers, None, None
         self.eos_token_ids = self.bundle.eos_token_ids
@@ -56,9 +66,18 @@ class Model:
         if images:
             media["image"] = (self.image_token_id, [i.num_tokens for i in images])
         if audios:
-            media["audio"] = (self.bundle.manifest["speech"]["config"]["audio_token_id"],
-                              [a.num_tokens for a in audios])
+            media["audio"] = (self.audio_token_id, [a.num_tokens for a in audios])
         return self.tokenizer.encode_prompt(prompt, chat_template, system, media or None)
+
+    @property
+    def audio_token_id(self) -> int | None:
+        return self.bundle.manifest["speech"]["config"]["audio_token_id"] if "speech" in self.bundle.manifest else None
+
+    def max_audio_samples(self) -> int:
+        """The longest 16 kHz waveform whose tokens fit the context (checked before encoding)."""
+        s = AudioSettings()
+        frames = (self.context_length - 1) * s.compression_rate * s.downsample_rate
+        return (frames - 1) * s.hop_length + s.win_length
 
     def prepare_audio(self, audio) -> PreparedAudio:
         """A path, bytes, mono 16 kHz float waveform or prepared audio, as log-mel features."""
@@ -66,7 +85,22 @@ class Model:
             return audio
         if "speech" not in self.bundle.manifest:
             raise BundleError(f"{self.bundle.path}: this bundle has no speech encoder, so it cannot take audio")
-        return PreparedAudio(log_mel(audio if isinstance(audio, np.ndarray) else load_audio(audio)))
+        limit = self.max_audio_samples()
+        if isinstance(audio, np.ndarray):
+            if audio.ndim != 1 or audio.dtype.kind != "f":
+                raise RequestError(f"an audio array must be a 1-D float waveform at 16 kHz, got {audio.dtype} {list(audio.shape)}")
+            if not np.isfinite(audio).all():
+                raise RequestError("the audio array contains NaN or infinite samples")
+            wave = audio
+        elif isinstance(audio, (str, Path, bytes)):
+            wave = load_audio(audio, max_seconds=limit / SAMPLE_RATE)
+        else:
+            raise RequestError(f"audio must be a path, bytes or a float waveform, not {type(audio).__name__}")
+        if len(wave) > limit:
+            raise RequestError(f"{len(wave) / SAMPLE_RATE:.1f} s of audio is {num_audio_tokens((len(wave) - 400) // 160 + 1)} "
+                               f"tokens; this model's context is {self.context_length} tokens "
+                               f"(at most {limit / SAMPLE_RATE:.1f} s of audio)")
+        return PreparedAudio(log_mel(wave))
 
     def audio_features(self, audios: list[PreparedAudio], with_image: bool) -> np.ndarray:
         """Speech embeddings (the vision_speech projection when the request also has an image)."""
@@ -75,8 +109,8 @@ class Model:
         return np.concatenate([self._speech(a.features, with_image) for a in audios])
 
     @property
-    def image_token_id(self) -> int:
-        return self.bundle.manifest["vision"]["config"]["image_token_id"]
+    def image_token_id(self) -> int | None:
+        return self.bundle.manifest["vision"]["config"]["image_token_id"] if "vision" in self.bundle.manifest else None
 
     def prepare_image(self, image) -> PreparedImage:
         """A path, bytes, PIL image or an already prepared image, ready for the vision encoder."""
@@ -102,18 +136,55 @@ class Model:
         """Register an .onnx_adapter file from outside the bundle (checked against this base at first use)."""
         self.decoder.adapters.add(name, path)
 
+    def check_prompt(self, prompt_ids: object, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The prompt as int64 ids, refused unless every id is in the vocabulary and each media
+        placeholder id has exactly one row of features (placeholders never reach the decoder bare)."""
+        if isinstance(prompt_ids, (str, bytes)) or not hasattr(prompt_ids, "__len__"):
+            raise RequestError(f"prompt ids must be a list of ints, not {type(prompt_ids).__name__}")
+        try:
+            ids = np.asarray(prompt_ids)
+        except (ValueError, TypeError):
+            ids = np.asarray([], object)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise RequestError("prompt ids must be a flat list of ints")
+        ids = ids.astype(np.int64)
+        if ids.size == 0:
+            raise RequestError("the prompt is empty")
+        vocab = self.bundle.config["vocab_size"]
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise RequestError(f"token id {bad} is outside this model's vocabulary (0..{vocab - 1})")
+        for name, token_id in self.bundle.manifest["decoder"].get("media", {}).items():
+            rows = len((media or {}).get(name, ()))
+            placeholders = int((ids == token_id).sum())
+            if placeholders != rows:
+                kind = name.split("_")[0]
+                raise RequestError(f"the prompt has {placeholders} {kind} placeholder tokens (id {token_id}) but "
+                                   f"{rows} rows of {kind} features were given")
+        return ids
+
     def stream(self, prompt_ids: list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                timings: dict | None = None, adapter: str | None = None,
                media: dict[str, np.ndarray] | None = None) -> Iterator[int]:
         """Yield generated token ids (the end token included, as transformers does), with the
         LoRA `adapter` active (None: the base model) and `media` features for the prompt's
-        image/audio placeholder tokens."""
-        n = len(prompt_ids)
-        if n == 0:
-            raise BundleError("the prompt is empty")
+        image/audio placeholder tokens. Holds the model's lock until the stream ends or is closed."""
+        with self.lock:
+            yield from self._stream(self.check_prompt(prompt_ids, media), max_new_tokens, sampling, timings, adapter, media)
+
+    def _logits(self, ids: np.ndarray, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        logits = self.decoder.forward(ids, media)
+        if not np.isfinite(logits.max()):   # one pass over the row: NaN or +inf anywhere shows here
+            raise BundleError(f"{self.bundle.path}: the decoder produced non-finite logits; its weights are "
+                              "corrupt or the graph is broken (check with 'phi4edge inspect')")
+        return logits
+
+    def _stream(self, prompt: np.ndarray, max_new_tokens: int, sampling: SamplingParams, timings: dict | None,
+                adapter: str | None, media: dict[str, np.ndarray] | None) -> Iterator[int]:
+        n = len(prompt)
         if n >= self.context_length:
-            raise BundleError(f"the prompt is {n} tokens; this model's context is {self.context_length} "
-                              f"tokens, so at most {self.context_length - 1} fit with room to answer")
+            raise RequestError(f"the prompt is {n} tokens; this model's context is {self.context_length} "
+                               f"tokens, so at most {self.context_length - 1} fit with room to answer")
         budget = min(max_new_tokens, self.context_length - n)
         if budget <= 0:
             return
@@ -121,13 +192,13 @@ class Model:
         self.decoder.use_adapter(adapter)
         self.decoder.reserve(n + budget)
         start = time.perf_counter()
-        logits = self.decoder.forward(np.asarray(prompt_ids, np.int64), media)
+        logits = self._logits(prompt, media)
         token = np.zeros(1, np.int64)
         token[0] = sample(logits)
         first = time.perf_counter()
         if timings is not None:
             timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n)
-        sequence = list(prompt_ids)
+        sequence = prompt.tolist()
         generated = 0
         while True:
             generated += 1
@@ -137,14 +208,34 @@ class Model:
                 break
             if self.decoder.length == self.rope_switch:
                 self.decoder.reset()
-                logits = self.decoder.forward(np.asarray(sequence, np.int64), media)
+                logits = self._logits(np.asarray(sequence, np.int64), media)
             else:
-                logits = self.decoder.forward(token)
+                logits = self._logits(token)
             token[0] = sample(logits)
         if timings is not None:
             decode_s = time.perf_counter() - first
             timings.update(decode_tokens=generated - 1,
                            decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else None)
+
+    def score(self, prompt_ids: list[int], continuation: list[int], adapter: str | None = None,
+              media: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Teacher-forced logits [len(continuation), vocab]: row i scores continuation[i] after the
+        prompt and continuation[:i]."""
+        with self.lock:
+            prompt = self.check_prompt(prompt_ids, media)
+            rest = self.check_prompt(list(continuation)) if len(continuation) else np.zeros(0, np.int64)
+            if len(prompt) + len(rest) > self.context_length:
+                raise RequestError(f"{len(prompt) + len(rest)} tokens exceed this model's context of {self.context_length}")
+            self.decoder.use_adapter(adapter)
+            self.decoder.reserve(len(prompt) + len(rest))
+            rows = [self._logits(prompt, media).copy()]
+            for i, token in enumerate(rest[:-1].tolist()):
+                if self.decoder.length == self.rope_switch:   # as in generation: recompute with the long factors
+                    self.decoder.reset()
+                    rows.append(self._logits(np.concatenate([prompt, rest[:i + 1]]), media).copy())
+                else:
+                    rows.append(self._logits(np.asarray([token], np.int64)).copy())
+            return np.stack(rows[:max(len(rest), 1)])
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  chat_template: bool = True, system: str | None = None, adapter: str | None = None,
@@ -154,11 +245,23 @@ class Model:
         waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
         Routing, unless `adapter` names one (or is NO_ADAPTER, "none": the base model): images ->
         the `vision` adapter (audio then through the vision_speech projection); audio alone -> the
-        `speech` adapter; text -> none."""
+        `speech` adapter; text -> none. Text is never parsed for control tokens: pass ids for that."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not isinstance(sampling, SamplingParams):
+            raise RequestError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
+        with self.lock:
+            return self._generate(prompt, max_new_tokens, sampling, chat_template, system, adapter,
+                                  list(images), list(audios), on_text)
+
+    def _generate(self, prompt, max_new_tokens, sampling, chat_template, system, adapter, images, audios,
+                  on_text) -> GenerationResult:
         prepared = [self.prepare_image(i) for i in images]
         mels = [self.prepare_audio(a) for a in audios]
         if isinstance(prompt, str):
             prompt_ids = self.encode(prompt, chat_template, system, prepared, mels)
+        elif isinstance(prompt, bytes) or not hasattr(prompt, "__len__"):
+            raise RequestError(f"the prompt must be text (str) or a list of token ids, not {type(prompt).__name__}")
         else:
             prompt_ids = list(prompt)
         timings: dict = {}
@@ -186,5 +289,7 @@ class Model:
         return GenerationResult(self.tokenizer.decode(ids), ids, prompt_ids, finish, timings, adapter)
 
 
-def load(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Model:
-    return Model(bundle, threads, providers)
+def load(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None,
+         verify: bool = False) -> Model:
+    """Open a bundle (checking its files; their sha256 too with `verify`) and load its decoder."""
+    return Model(bundle, threads, providers, verify)

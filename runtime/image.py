@@ -13,7 +13,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..models.errors import Phi4EdgeError
 
-MAX_PIXELS = 64_000_000   # larger inputs are shrunk first (decoding beyond that risks memory)
+# Images are checked from their header, before any pixel is decoded. A 64 MP image decodes to at
+# most 256 MB (RGBA) and its conversions stay under 1 GB RSS (tests/test_hostile.py measures it);
+# JPEGs beyond it are decoded at reduced size, everything else beyond it is refused. No prompt
+# needs more: dynamic HD uses at most 36 crops of 448x448 (7.2 MP).
+MAX_PIXELS = 64_000_000
 
 
 class ImageError(Phi4EdgeError):
@@ -43,29 +47,37 @@ class PreparedImage:
 
 def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     """Open an image (or take a PIL one) as 8-bit RGB: EXIF rotation applied, alpha composited on
-    white, 16-bit and palette images converted, huge images shrunk to MAX_PIXELS."""
+    white, 16-bit and palette images converted. Larger than MAX_PIXELS: refused from the header
+    (JPEGs are first decoded at the reduced size that fits, if there is one)."""
     name = "<bytes>" if isinstance(source, bytes) else "<image>" if isinstance(source, Image.Image) else str(source)
     try:
         image = source if isinstance(source, Image.Image) else \
             Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        if image.width * image.height > MAX_PIXELS:   # decode at reduced size where the codec can
-            image.draft("RGB", (image.width // 4, image.height // 4))
+        if image.width * image.height > MAX_PIXELS and image.format == "JPEG":
+            factor = math.ceil(math.sqrt(image.width * image.height / MAX_PIXELS))
+            image.draft("RGB", (image.width // factor, image.height // factor))   # decode at 1/2, 1/4 or 1/8
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"{name}: {image.width}x{image.height} is {image.width * image.height / 1e6:.0f} "
+                             f"megapixels; phi4edge takes at most {MAX_PIXELS / 1e6:.0f} (downscale it first)")
         image.load()
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError,
+            EOFError, MemoryError) as e:
         raise ImageError(f"{name}: not a readable image ({e})") from None
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):   # 16/32-bit grey: scale to 8 bits
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        image = Image.fromarray(np.clip(arr / peak * 255 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):   # 16/32-bit grey: scale to 8 bits, in float32
+        arr = np.asarray(image).astype(np.float32)          # (4 bytes a pixel: float64 doubled the peak)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(np.nanmax(arr)), 1.0)
+        arr *= 255 / peak
+        arr += 0.5
+        image = Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8))
+        del arr
+    if image.mode != "RGB" and "A" not in image.getbands() and "transparency" not in image.info:
+        image = image.convert("RGB")   # nothing to composite: one conversion, not three
     if image.mode != "RGB":   # as transformers' convert_to_rgb: composite on white
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255)), rgba).convert("RGB")
-    if image.width * image.height > MAX_PIXELS:
-        scale = math.sqrt(MAX_PIXELS / (image.width * image.height))
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.BILINEAR)
     return image
 
 

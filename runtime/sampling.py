@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
+
+from ..models.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -14,8 +18,15 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in (self.temperature, self.top_k, self.top_p))
+        if not numbers or not math.isfinite(self.temperature) or not math.isfinite(self.top_p):
+            raise RequestError(f"sampling needs finite numbers: temperature={self.temperature!r}, top_p={self.top_p!r}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or int(self.top_k) != self.top_k:
+            raise RequestError(f"sampling needs temperature >= 0, an integer top_k >= 0 and 0 < top_p <= 1 "
+                               f"(got {self.temperature}, {self.top_k}, {self.top_p})")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            raise RequestError(f"seed must be a non-negative integer, got {self.seed!r}")
 
 
 class Sampler:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random checkpoints built by transformers, and their exported bundles."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,34 +12,17 @@ _install_torchvision_standin()   # before transformers is imported (it checks fo
 
 from phi4edge.export import export_model
 
-from .checkpoints import make_phi3, phi3_config
+from .fixtures import SHAPES
 
-# Shapes that exercise what differs across the Phi-3 family. Every vocabulary differs from every
-# projection width, and head_dim is 64 wherever the partial rotary factor is 0.75 (see README).
-SHAPES = {
-    # Phi-4-mini-like: GQA 2:1, partial rotary 0.75, LongRoPE, tied embeddings, bf16 shards.
-    "phi4mini": dict(config=dict(), dtype="bfloat16"),
-    # Phi-3-mini-like: no GQA, full rotary, plain RoPE, untied LM head, one fp32 file.
-    "phi3mini": dict(config=dict(hidden=128, heads=4, kv_heads=4, intermediate=200, vocab=997,
-                                 partial_rotary=1.0, longrope=False, tie=False, max_position=4096),
-                     dtype="float32", shard_size="50MB"),
-    # GQA 4:1, three layers, LongRoPE with full rotary, fp16 shards.
-    "gqa4": dict(config=dict(hidden=256, layers=3, heads=8, kv_heads=2, intermediate=416, vocab=1509,
-                             partial_rotary=1.0), dtype="float16"),
-}
-
-
-def _dtype(name: str):
-    import torch
-    return getattr(torch, name)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """The shipped, confidently trained checkpoints (tests/fixtures/build.py), copied so that no
+    test can change them."""
     root = tmp_path_factory.mktemp("checkpoints")
-    return {name: make_phi3(root / name, phi3_config(**spec["config"]), dtype=_dtype(spec["dtype"]),
-                            **({"shard_size": spec["shard_size"]} if "shard_size" in spec else {}))
-            for name, spec in SHAPES.items()}
+    return {name: Path(shutil.copytree(FIXTURES / name, root / name)) for name in SHAPES}
 
 
 @pytest.fixture(scope="session")

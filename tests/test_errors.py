@@ -82,9 +82,9 @@ def test_existing_output_folder_is_kept(ckpt, tmp_path):
     (out / "mine.txt").write_text("keep me")
     result = run_cli("export", ckpt, "-o", out)
     assert result.exit_code != 0 and "already exists" in result.output
+    result = run_cli("export", ckpt, "-o", out, "--force")   # --force replaces bundles only
+    assert result.exit_code != 0 and "not a phi4edge bundle" in result.output
     assert (out / "mine.txt").read_text() == "keep me"
-    assert run_cli("export", ckpt, "-o", out, "--force").exit_code == 0
-    assert (out / "manifest.json").is_file() and not (out / "mine.txt").exists()
 
 
 def test_failure_midway_leaves_nothing(ckpt, tmp_path, monkeypatch):

@@ -7,35 +7,36 @@ import pytest
 from phi4edge.runtime.generate import load
 
 from .checkpoints import WORDS
+from .compare import margins
 from .conftest import SHAPES
 
 
-def forced_logits(model, prompt: list[int], continuation: list[int]) -> np.ndarray:
-    """Logits at each step with the given tokens fed in (teacher forcing through the KV cache)."""
-    dec = model.decoder
-    dec.reserve(len(prompt) + len(continuation))
-    rows = [dec.forward(np.asarray(prompt, np.int64)).copy()]
-    rows += [dec.forward(np.asarray([t], np.int64)).copy() for t in continuation[:-1]]
-    return np.stack(rows)
+# int4 (with int8 compute on CPU, whose kernels differ by ISA) moved these fixtures' logits by at
+# most 0.86 (measured on AMD AVX-512 VNNI: phi4mini 0.71, phi3mini 0.57, gqa4 0.86). A flip needs
+# an error of half the fp32 lead, so with errors held under INT4_SAFE_MARGIN / 2 every token fp32
+# leads by more than INT4_SAFE_MARGIN survives quantisation on any CPU.
+INT4_SAFE_MARGIN = 3.0
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_int4_agreement_with_fp32(shape, bundles):
     fp32, int4 = load(bundles[shape, "fp32"]), load(bundles[shape, "int4"])
-    agree, abs_err, rel_err = [], [], []
+    agree, abs_err, rel_err, confident_agree = [], [], [], []
     for word in WORDS[:8]:
         prompt = fp32.encode(f"Count from {word}.")
         answer = fp32.generate(prompt, max_new_tokens=16).token_ids
-        a, b = forced_logits(fp32, prompt, answer), forced_logits(int4, prompt, answer)
+        a, b = fp32.score(prompt, answer), int4.score(prompt, answer)
         agree.append(np.argmax(a, -1) == np.argmax(b, -1))
+        confident_agree.append(agree[-1][margins(a) > INT4_SAFE_MARGIN])
         abs_err.append(np.abs(a - b).max())
         rel_err.append(np.linalg.norm(a - b, axis=-1).mean() / np.linalg.norm(a, axis=-1).mean())
     agreement = float(np.concatenate(agree).mean())
+    confident = np.concatenate(confident_agree)
     print(f"\n{shape} int4 vs fp32 over {np.concatenate(agree).size} teacher-forced steps: top-1 agreement "
-          f"{agreement:.1%}, max |logit error| {max(abs_err):.3f}, mean relative L2 error {np.mean(rel_err):.3f}")
-    # The fixed prompt's first generated token must survive quantisation.
-    prompt = fp32.encode("Count from three.")
-    assert int4.generate(prompt, max_new_tokens=1).token_ids == fp32.generate(prompt, max_new_tokens=1).token_ids
+          f"{agreement:.1%}, max |logit error| {max(abs_err):.3f}, mean relative L2 error {np.mean(rel_err):.3f}; "
+          f"{confident.size} steps with an fp32 lead > {INT4_SAFE_MARGIN}")
+    assert confident.size >= 32 and confident.all(), "int4 flipped a token fp32 was sure of"
+    assert max(abs_err) < INT4_SAFE_MARGIN / 2, "int4 logit error beyond what the margin rule assumes"
     assert agreement > 0.8, "int4 disagrees with fp32 too often: quantisation is broken, not merely lossy"
 
 

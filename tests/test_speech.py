@@ -10,8 +10,7 @@ from phi4edge.runtime.audio import log_mel, num_audio_tokens
 from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.speech import SpeechEncoder
 
-from .compare import int4_vs_fp32
-
+from .compare import assert_greedy_matches, hf_greedy, int4_vs_fp32
 
 
 @pytest.mark.parametrize("seconds", [0.3, 2.0, 45.0])
@@ -42,12 +41,9 @@ def _wave(seconds: float, seed: int) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def _reference(pm, adapter: str, ids: list[int], **media) -> list[int]:
+def _check_reference(pm, adapter: str, result, **media) -> None:
     pm.set_adapter(adapter)
-    with torch.no_grad():
-        out = pm.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=10, do_sample=False, eos_token_id=[0, 4], pad_token_id=0, **media)
-    return out[0, len(ids):].tolist()
+    assert_greedy_matches(result.token_ids, *hf_greedy(pm, result.prompt_token_ids, 10, **media))
 
 
 def test_audio_prompt_greedy_matches_transformers_with_speech_adapter(mm_with_adapters):
@@ -60,9 +56,8 @@ def test_audio_prompt_greedy_matches_transformers_with_speech_adapter(mm_with_ad
         feats = log_mel(wave)
         n = num_audio_tokens(len(feats))
         assert result.adapter == "speech" and result.prompt_token_ids.count(8) == n
-        assert result.token_ids == _reference(pm, "speech", result.prompt_token_ids,
-                                              audio_input_features=torch.from_numpy(feats)[None],
-                                              audio_embed_sizes=torch.tensor([n]))
+        _check_reference(pm, "speech", result, audio_input_features=torch.from_numpy(feats)[None],
+                         audio_embed_sizes=torch.tensor([n]))
 
 
 def test_image_and_audio_prompt_uses_vision_adapter_and_vision_speech_projection(mm_with_adapters):
@@ -83,8 +78,8 @@ def test_image_and_audio_prompt_uses_vision_adapter_and_vision_speech_projection
                             max_new_tokens=10)
     assert result.adapter == "vision"
     feats = log_mel(wave)
-    assert result.token_ids == _reference(
-        pm, "vision", result.prompt_token_ids, image_pixel_values=pixels["image_pixel_values"],
+    _check_reference(
+        pm, "vision", result, image_pixel_values=pixels["image_pixel_values"],
         image_sizes=pixels["image_sizes"], image_attention_mask=pixels["image_attention_mask"],
         audio_input_features=torch.from_numpy(feats)[None], audio_embed_sizes=torch.tensor([num_audio_tokens(len(feats))]))
 

@@ -11,7 +11,7 @@ from phi4edge.runtime.bundle import open_bundle
 from phi4edge.runtime.image import PreparedImage, preprocess
 from phi4edge.runtime.vision import VisionEncoder
 
-from .compare import int4_vs_fp32
+from .compare import assert_greedy_matches, hf_greedy, int4_vs_fp32
 
 
 SIZES = [(448, 448), (500, 300), (900, 1300), (2000, 450)]
@@ -65,23 +65,17 @@ def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_ad
         ids = result.prompt_token_ids
         assert ids.count(7) == ours.num_tokens
         pm.set_adapter("vision")
-        with torch.no_grad():
-            out = pm.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                              image_pixel_values=inputs["image_pixel_values"], image_sizes=inputs["image_sizes"],
-                              image_attention_mask=inputs["image_attention_mask"], max_new_tokens=10,
-                              do_sample=False, eos_token_id=[0, 4], pad_token_id=0)
-        assert result.token_ids == out[0, len(ids):].tolist()
+        assert_greedy_matches(result.token_ids, *hf_greedy(
+            pm, ids, 10, image_pixel_values=inputs["image_pixel_values"], image_sizes=inputs["image_sizes"],
+            image_attention_mask=inputs["image_attention_mask"]))
     text = model.generate("What is in this picture?", max_new_tokens=10)
     assert text.adapter is None
-    with pm.disable_adapter(), torch.no_grad():
-        out = pm.generate(input_ids=torch.tensor([text.prompt_token_ids]), max_new_tokens=10, do_sample=False,
-                          eos_token_id=[0, 4], pad_token_id=0,
-                          attention_mask=torch.ones(1, len(text.prompt_token_ids), dtype=torch.long))
-    assert text.token_ids == out[0, len(text.prompt_token_ids):].tolist()
+    with pm.disable_adapter():
+        assert_greedy_matches(text.token_ids, *hf_greedy(pm, text.prompt_token_ids, 10))
 
 
 def test_placeholders_are_checked_and_inserted(mm_with_adapters):
-    from phi4edge.models.errors import BundleError
+    from phi4edge.models.errors import RequestError
     from phi4edge.runtime.generate import load
     _, bundle = mm_with_adapters
     model = load(bundle)
@@ -91,7 +85,7 @@ def test_placeholders_are_checked_and_inserted(mm_with_adapters):
     assert two.count(7) == 2 * prepared[0].num_tokens
     auto = model.encode("Compare them.", images=prepared)   # no placeholders: both go before the text
     assert auto.count(7) == two.count(7)
-    with pytest.raises(BundleError, match=r"<\|image_3\|> but 2 images were given"):
+    with pytest.raises(RequestError, match=r"<\|image_3\|> but 2 images were given"):
         model.encode("<|image_1|> vs <|image_3|>", images=prepared)
 
 
