@@ -108,7 +108,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         raise CheckpointError(f"{tok_path}: not found (phi4edge needs the fast tokenizer file)")
     try:
         tokenizer = Tokenizer.from_file(str(tok_path))
-    except Exception as e:   # the Rust parser raises plain Exception for any malformed file
+    except BaseException as e:   # the Rust parser raises Exception, or PanicException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
     ckpt = Checkpoint(model_dir)
     weights = Phi3Weights(ckpt, cfg)

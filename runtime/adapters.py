@@ -7,6 +7,7 @@ tensors are first used); switching afterwards only rebinds a few hundred tensors
 """
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ class AdapterSet:
         self.bundle = bundle
         # inputs with initializer defaults are listed as overridable initializers, not inputs
         self.inputs = {i.name: i for i in session.get_overridable_initializers() if i.name.startswith("lora.")}
-        self.files = {name: bundle.path / e["file"] for name, e in bundle.manifest.get("adapters", {}).items()}
+        self.files = {name: bundle.file(e["file"]) for name, e in bundle.manifest.get("adapters", {}).items()}
         self.base_id = bundle.manifest["model"].get("base_id", "")
         int8 = any(i.type == "tensor(int8)" for i in self.inputs.values())
         self.empty = {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i, int8)) for name, i in self.inputs.items()}
@@ -72,7 +73,7 @@ class AdapterSet:
             raise BundleError(f"{path}: adapter file missing")
         try:
             model_version, arrays, mapping = read_mapped(path)
-        except (ValueError, IndexError, OSError) as e:
+        except (ValueError, IndexError, OSError, struct.error, UnicodeDecodeError) as e:
             raise BundleError(f"{path}: not a readable .onnx_adapter file ({e})") from None
         if model_version != base_model_version(self.base_id):
             raise BundleError(f"{path}: adapter '{name}' was exported for another base model "

@@ -20,24 +20,30 @@ SUPPORTED_VERSIONS = {FORMAT_VERSION}
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20   # a real manifest is a few KB; refuse to parse anything huge
 
-# Required manifest fields and their JSON types, by path ("*" = every key of a mapping).
+# Manifest fields the runtime relies on, with their JSON types, by path ("*" = every key of an
+# object). A field is required wherever its parent exists: `vision.graph` only in bundles with a
+# vision encoder, `adapters.*.file` for every adapter.
 INT, NUM, STR, BOOL, LIST, DICT = (int,), (int, float), (str,), (bool,), (list,), (dict,)
 REQUIRED = {
     "model": DICT, "model.config": DICT,
     **{f"model.config.{k}": INT for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                                           "intermediate_size", "vocab_size", "max_position", "rotary_dim")},
-    "model.config.rope_kind": STR, "model.config.tie_word_embeddings": BOOL,
+    "model.config.rope_kind": STR, "model.config.tie_word_embeddings": BOOL, "model.config.architecture": STR,
     "quantization": DICT, "quantization.precision": STR,
     "decoder": DICT, "decoder.graph": STR,
     "generation": DICT, "generation.eos_token_ids": LIST,
     "files": DICT, "files.*": DICT, "files.*.size": INT, "files.*.sha256": STR,
+    "adapters.*": DICT, "adapters.*.file": STR, "adapters.*.ranks": LIST, "adapters.*.alpha": NUM,
+    "adapters.*.rslora": BOOL, "adapters.*.layers": INT, "adapters.*.modules": LIST, "adapters.*.precision": STR,
+    "vision.graph": STR, "vision.config": DICT,
+    **{f"vision.config.{k}": INT for k in ("image_token_id", "crop_size", "patch_size", "num_layers", "hidden_size")},
+    "speech.graph": STR, "speech.config": DICT, "speech.config.audio_token_id": INT,
+    "decoder.media.*": INT,
 }
 OPTIONAL = {
-    "decoder.media": DICT, "decoder.lora": STR + (type(None),), "adapters": DICT, "adapters.*": DICT,
-    "adapters.*.file": STR, "vision": DICT, "vision.graph": STR, "vision.config": DICT,
-    "vision.config.image_token_id": INT, "vision.config.crop_size": INT, "vision.config.patch_size": INT,
-    "vision.dynamic_hd": INT, "speech": DICT, "speech.graph": STR, "speech.config": DICT,
-    "speech.config.audio_token_id": INT, "model.base_id": STR, "model.config.original_max_position": INT,
+    "decoder.media": DICT, "decoder.lora": STR + (type(None),), "adapters": DICT, "vision": DICT,
+    "vision.dynamic_hd": INT, "speech": DICT, "model.base_id": STR, "model.config.original_max_position": INT,
+    "model.source": STR, "model.family": STR, "created_by": STR,
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -72,7 +78,7 @@ def check_manifest(manifest: object, source: Path) -> dict:
         raise BundleError(f"{source}: field 'format' is {manifest.get('format')!r}, not {FORMAT!r}: "
                           "not a phi4edge bundle manifest")
     version = manifest.get("format_version")
-    if version not in SUPPORTED_VERSIONS:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
         newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
         raise BundleError(f"{source}: field 'format_version' is {version!r}; this phi4edge reads version "
                           f"{FORMAT_VERSION}" + (" (upgrade phi4edge to read newer bundles)" if newer else ""))
@@ -82,12 +88,12 @@ def check_manifest(manifest: object, source: Path) -> dict:
             if required and leaf != "*":
                 for where, value in (_walk(manifest, parent) if parent else [("", manifest)]):
                     if isinstance(value, dict) and leaf not in value:
-                        raise BundleError(f"{source}: required field '{f'{where}.' if where else ''}{leaf}' is missing")
+                        raise BundleError(f"{source}: required field '{esc(f'{where}.' if where else '')}{leaf}' is missing")
             for where, value in _walk(manifest, path):
                 if not isinstance(value, types) or (types in (INT, NUM) and isinstance(value, bool)):
                     want = " or ".join("null" if t is type(None) else {int: "integer", float: "number", str: "string",
                                        bool: "boolean", list: "list", dict: "object"}[t] for t in types)
-                    raise BundleError(f"{source}: field '{where}' is {type(value).__name__} {_short(value)}, "
+                    raise BundleError(f"{source}: field '{esc(where)}' is {type(value).__name__} {_short(value)}, "
                                       f"expected {want}")
     for where, value in _walk(manifest, "generation.eos_token_ids"):
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
@@ -95,7 +101,16 @@ def check_manifest(manifest: object, source: Path) -> dict:
     for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "max_position"):
         if manifest["model"]["config"][key] <= 0:
             raise BundleError(f"{source}: field 'model.config.{key}' must be positive")
+    for where, value in _walk(manifest, "vision.dynamic_hd") + _walk(manifest, "vision.config.crop_size") + \
+            _walk(manifest, "vision.config.patch_size"):
+        if value <= 0:
+            raise BundleError(f"{source}: field '{esc(where)}' must be positive")
     return manifest
+
+
+def esc(text: str) -> str:
+    """A name from a manifest, safe in a one-line message (control characters escaped)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _short(value: object) -> str:
@@ -106,17 +121,17 @@ def _short(value: object) -> str:
 def safe_member(root: Path, name: object, field: str) -> Path:
     """The file `name` inside bundle `root`, refusing anything that would read outside it."""
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
-        raise BundleError(f"{root}: {field} {name!r} is not a relative file name")
+        raise BundleError(f"{root}: {esc(field)} {esc(repr(name))} is not a relative file name")
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts or pure.parts[:1] == ("~",):
-        raise BundleError(f"{root}: {field} '{name}' points outside the bundle")
+        raise BundleError(f"{root}: {esc(field)} '{esc(name)}' points outside the bundle")
     path = root / pure
     try:
         inside = path.resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError):   # symlink loop
         inside = False
     if not inside:
-        raise BundleError(f"{root}: {field} '{name}' is a link that leads outside the bundle")
+        raise BundleError(f"{root}: {esc(field)} '{esc(name)}' is a link that leads outside the bundle")
     return path
 
 
@@ -136,7 +151,7 @@ class Bundle:
     def file(self, name: str) -> Path:
         """A file the runtime reads: it must be listed in the manifest (and so checked at load)."""
         if name not in self.manifest["files"]:
-            raise BundleError(f"{self.path}: '{name}' is not listed in the manifest's files; "
+            raise BundleError(f"{self.path}: '{esc(name)}' is not listed in the manifest's files; "
                               "the bundle is incomplete or was edited (re-export it)")
         return safe_member(self.path, name, "file")
 
@@ -168,7 +183,7 @@ class Bundle:
             return report | {"(graphs)": str(e).split(": ", 1)[-1]}
         for field, name in wanted:
             if name not in self.manifest["files"]:
-                report[name] = f"read by the runtime ({field}) but not listed in the manifest's files"
+                report[name] = f"read by the runtime ({esc(field)}) but not listed in the manifest's files"
         return report
 
     def check_files(self, hashes: bool = False) -> None:
@@ -177,7 +192,7 @@ class Bundle:
         if bad:
             name, problem = next(iter(bad.items()))
             more = f" (and {len(bad) - 1} more; see 'phi4edge inspect')" if len(bad) > 1 else ""
-            raise BundleError(f"{self.path / name}: {problem}{more}")
+            raise BundleError(f"{self.path / esc(name)}: {problem}{more}")
 
     def read_set(self) -> list[tuple[str, str]]:
         """(manifest field, file) for every file the runtime may read."""
@@ -188,7 +203,9 @@ class Bundle:
                 graph = safe_member(self.path, m[kind]["graph"], f"{kind}.graph")
                 wanted.append((f"{kind}.graph", m[kind]["graph"]))
                 wanted += [(f"{kind}.graph's external data", d) for d in external_data(graph, self.path)]
-        wanted += [(f"adapters.{n}.file", a["file"]) for n, a in m.get("adapters", {}).items()]
+        for name, adapter in m.get("adapters", {}).items():
+            safe_member(self.path, adapter["file"], f"adapters.{name}.file")
+            wanted.append((f"adapters.{name}.file", adapter["file"]))
         return wanted
 
 

@@ -57,7 +57,9 @@ class ChatTokenizer:
         try:
             # two instances: one parses special-token strings (template text), one never does (user text)
             self.tokenizer, self.plain = Tokenizer.from_str(text), Tokenizer.from_str(text)
-        except Exception as e:   # the Rust parser raises plain Exception for any malformed file
+        except BaseException as e:   # the Rust parser raises Exception, or PanicException (a BaseException)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
             raise BundleError(f"{tokenizer_json}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
         self.plain.encode_special_tokens = True
         config = {}

@@ -39,6 +39,33 @@ def bundles(checkpoints, tmp_path_factory) -> dict[tuple[str, str], Path]:
     return Lazy()
 
 
+ALL = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="session")
+def two_adapters(checkpoints, tmp_path_factory):
+    """A tiny Phi-3 with two PEFT adapters of different ranks, target spellings and scalings."""
+    from phi4edge.models.lora import save_peft_adapter
+
+    from .checkpoints import load_reference, peft_model
+    root = tmp_path_factory.mktemp("peft")
+    ck = checkpoints["phi4mini"]
+    specs = {"style": dict(r=8, lora_alpha=16, target_modules=ALL),
+             "terse": dict(r=16, lora_alpha=8, target_modules=r".*\.(qkv_proj|down_proj)", use_rslora=True,
+                           alpha_pattern={"down_proj": 24})}
+    pm = peft_model(load_reference(ck), specs)
+    dirs = {"style": save_peft_adapter(pm, "style", root / "style"),
+            "terse": save_peft_adapter(pm, "terse", root / "terse", prefix=False)}
+    bundle = export_model(ck, root / "bundle", precision="fp32", show_progress=False,
+                          adapters={k: str(v) for k, v in dirs.items()})
+    return pm, dirs, bundle
+
+
+@pytest.fixture(scope="session")
+def two_adapters_bundle(two_adapters) -> Path:
+    return two_adapters[2]
+
+
 LM_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
 
 

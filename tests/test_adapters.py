@@ -21,29 +21,13 @@ from phi4edge.runtime.generate import load
 from .checkpoints import load_reference, make_phi3, peft_model, phi3_config
 from .compare import assert_greedy_matches, hf_greedy, margins
 
-ALL = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+from .conftest import ALL
 PROMPTS = ["Count from two.", "Count from five.", "Explain GQA in one paragraph."]
 
 
 def greedy(model, ids: list[int], n: int = 12) -> tuple[list[int], np.ndarray]:
     """peft's greedy tokens and logits (base model under disable_adapter)."""
     return hf_greedy(model, ids, n)
-
-
-@pytest.fixture(scope="module")
-def two_adapters(checkpoints, tmp_path_factory):
-    """A tiny Phi-3 with two PEFT adapters of different ranks, target spellings and scalings."""
-    root = tmp_path_factory.mktemp("peft")
-    ck = checkpoints["phi4mini"]
-    specs = {"style": dict(r=8, lora_alpha=16, target_modules=ALL),
-             "terse": dict(r=16, lora_alpha=8, target_modules=r".*\.(qkv_proj|down_proj)", use_rslora=True,
-                           alpha_pattern={"down_proj": 24})}
-    pm = peft_model(load_reference(ck), specs)
-    dirs = {"style": save_peft_adapter(pm, "style", root / "style"),
-            "terse": save_peft_adapter(pm, "terse", root / "terse", prefix=False)}
-    bundle = export_model(ck, root / "bundle", precision="fp32", show_progress=False,
-                          adapters={k: str(v) for k, v in dirs.items()})
-    return pm, dirs, bundle
 
 
 def test_adapters_match_peft_and_switch_per_request(two_adapters):

@@ -96,9 +96,12 @@ def test_missing_file_and_extreme_aspect_ratio(tmp_path):
         preprocess(Image.new("RGB", (20000, 5)))
 
 
-def test_huge_image_is_bounded():
+def test_huge_images_are_refused_from_the_header_or_decoded_small():
+    """Past MAX_PIXELS a PNG is refused before decoding; a JPEG is decoded at a reduced scale."""
     from phi4edge.runtime import image as image_mod
-    big = Image.new("RGB", (9000, 8000), (200, 10, 10))
-    loaded = load_image(_png(big))
-    assert loaded.width * loaded.height <= image_mod.MAX_PIXELS
-    assert abs(loaded.width / loaded.height - 9000 / 8000) < 0.01
+    with pytest.raises(image_mod.ImageError, match="9000x8000 is 72 megapixels; phi4edge takes at most 64"):
+        load_image(_png(Image.new("RGB", (9000, 8000), (200, 10, 10))))
+    buf = io.BytesIO()
+    Image.new("RGB", (9000, 8000), (200, 10, 10)).save(buf, "JPEG")
+    loaded = load_image(buf.getvalue())
+    assert loaded.size == (4500, 4000)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from phi4edge.models.errors import BundleError
+from phi4edge.models.errors import BundleError, RequestError
 from phi4edge.runtime.cli import main
 from phi4edge.runtime.generate import load
 from phi4edge.runtime.sampling import SamplingParams
@@ -18,7 +18,7 @@ from phi4edge.runtime.sampling import SamplingParams
 
 def test_prompt_longer_than_context_is_refused(bundles):
     model = load(bundles["phi3mini", "fp32"])   # context 4096
-    with pytest.raises(BundleError, match="4096"):
+    with pytest.raises(RequestError, match="4096"):
         model.generate(list(range(5, 405)) * 11)
     result = CliRunner().invoke(main, ["run", str(bundles["phi3mini", "fp32"]), "--no-chat-template",
                                        "--prompt", "one two " * 3000])
@@ -92,7 +92,7 @@ def test_inspect_verifies_hashes(bundles, tmp_path):
         f.seek(5000)
         f.write(bytes([byte[0] ^ 0xFF]))
     bad = CliRunner().invoke(main, ["inspect", str(copy)])
-    assert bad.exit_code != 0 and "decoder.onnx.data" in bad.output and "sha256 mismatch" in bad.output
+    assert bad.exit_code != 0 and "decoder.onnx.data" in bad.output and "sha256 differs" in bad.output
 
 
 def test_runtime_runs_without_torch(bundles):
