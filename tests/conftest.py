@@ -1,7 +1,10 @@
 """Shared fixtures: tiny random checkpoints built by transformers, and their exported bundles."""
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,9 @@ from phi4edge.export import export_model
 from .fixtures import SHAPES
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Under `make test-avx2` the suite runs in qemu's Haswell model; a child process started with plain
+# sys.executable would run natively, so children are started through the same wrapper.
+PYTHON = shlex.split(os.environ.get("PHI4EDGE_PYTHON_WRAPPER", "")) + [sys.executable]
 
 
 @pytest.fixture(scope="session")

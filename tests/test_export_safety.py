@@ -17,6 +17,8 @@ from phi4edge.export import export_model
 from phi4edge.models.errors import CheckpointError, Phi4EdgeError
 from phi4edge.runtime.cli import main
 
+from .conftest import PYTHON
+
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name or p.name.endswith(".lock"))
@@ -75,7 +77,7 @@ def _start_export(ck: Path, out: Path) -> subprocess.Popen:
             "from phi4edge.runtime.cli import main\n"
             "sys.argv = ['phi4edge', 'export', sys.argv[1], '-o', sys.argv[2]]\n"
             "main()\n")
-    return subprocess.Popen([sys.executable, "-c", code, str(ck), str(out)], stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*PYTHON, "-c", code, str(ck), str(out)], stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_staging(folder: Path, proc: subprocess.Popen) -> None:
@@ -192,7 +194,7 @@ def test_garbage_tokenizer_is_a_one_line_error(checkpoints, tmp_path):
 
 
 def test_progress_is_one_line_per_stage_when_piped(checkpoints, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "phi4edge.runtime.cli", "export", str(checkpoints["gqa4"]),
+    proc = subprocess.run([*PYTHON, "-m", "phi4edge.runtime.cli", "export", str(checkpoints["gqa4"]),
                            "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from phi4edge.models.errors import BundleError, Phi4EdgeError, RequestError
 from phi4edge.runtime.cli import main
 from phi4edge.runtime.generate import load
 from phi4edge.runtime.sampling import SamplingParams
+
+from .conftest import PYTHON
 
 
 def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
@@ -205,7 +206,7 @@ def _peak_rss_mb(code: str) -> tuple[str, float]:
     probe = (f"{code}\n"
              "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
              "print('RSS', int(hwm.split()[1]) / 1024)\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([*PYTHON, "-c", probe], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout, float(out.stdout.split("RSS")[-1])
 

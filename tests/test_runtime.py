@@ -15,6 +15,8 @@ from phi4edge.runtime.cli import main
 from phi4edge.runtime.generate import load
 from phi4edge.runtime.sampling import SamplingParams
 
+from .conftest import PYTHON
+
 
 def test_prompt_longer_than_context_is_refused(bundles):
     model = load(bundles["phi3mini", "fp32"])   # context 4096
@@ -67,7 +69,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(bundles):
 
 
 def test_cli_run_json_contract(bundles):
-    result = subprocess.run([sys.executable, "-m", "phi4edge.runtime.cli", "run", str(bundles["phi4mini", "int4"]),
+    result = subprocess.run([*PYTHON, "-m", "phi4edge.runtime.cli", "run", str(bundles["phi4mini", "int4"]),
                              "--prompt", "Explain GQA in one paragraph.", "--max-new-tokens", "5", "--json"],
                             capture_output=True, text=True, check=True)
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -103,7 +105,7 @@ def test_runtime_runs_without_torch(bundles):
         f"r = load({str(bundles['phi4mini', 'int4'])!r}).generate('hi', max_new_tokens=3)\n"
         "assert len(r.token_ids) >= 1 and 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
+    assert subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
 
 
 def test_execution_provider_choice(bundles):
