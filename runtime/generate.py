@@ -19,6 +19,9 @@ from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder
 
+# No BPE token of the Phi-4 tokenizer spans more than a few dozen characters; a prompt longer than
+# this many characters per context token cannot fit and is refused before tokenising it.
+MAX_CHARS_PER_TOKEN = 64
 NO_ADAPTER = "none"   # generate(adapter=NO_ADAPTER): the base model even for image/audio requests
 
 
@@ -62,6 +65,9 @@ class Model:
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
                images: list[PreparedImage] = (), audios: list[PreparedAudio] = ()) -> list[int]:
         """Prompt ids, with each image's and audio's placeholder tokens."""
+        if isinstance(prompt, str) and len(prompt) > MAX_CHARS_PER_TOKEN * self.context_length:
+            raise RequestError(f"the prompt is {len(prompt)} characters: far more than this model's context of "
+                               f"{self.context_length} tokens holds (refused before tokenising, to bound memory)")
         media = {}
         if images:
             media["image"] = (self.image_token_id, [i.num_tokens for i in images])
