@@ -65,8 +65,9 @@ class Model:
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
                images: list[PreparedImage] = (), audios: list[PreparedAudio] = ()) -> list[int]:
         """Prompt ids, with each image's and audio's placeholder tokens."""
-        if isinstance(prompt, str) and len(prompt) > MAX_CHARS_PER_TOKEN * self.context_length:
-            raise RequestError(f"the prompt is {len(prompt)} characters: far more than this model's context of "
+        chars = len(prompt) + len(system or "") if isinstance(prompt, str) and isinstance(system, (str, type(None))) else 0
+        if chars > MAX_CHARS_PER_TOKEN * self.context_length:
+            raise RequestError(f"the prompt is {chars} characters: far more than this model's context of "
                                f"{self.context_length} tokens holds (refused before tokenising, to bound memory)")
         media = {}
         if images:

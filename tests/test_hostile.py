@@ -243,6 +243,12 @@ def test_too_long_audio_is_refused_before_decoding(mm_with_adapters, tmp_path):
 
 # --- API and CLI arguments -------------------------------------------------------------------------
 
+def test_text_far_beyond_the_context_is_refused_before_tokenising(bundles):
+    model = load(bundles["phi3mini", "fp32"])   # context 4096
+    with pytest.raises(RequestError, match="262145 characters: far more than this model's context of 4096"):
+        model.generate("x" * (64 * 4096 + 1))
+
+
 def test_bad_api_arguments_are_refused(mm_with_adapters):
     _, bundle = mm_with_adapters
     model = load(bundle)
