@@ -40,7 +40,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = result.timings
     print(f"{a.minutes:g} min of 44.1 kHz stereo FLAC ({path.stat().st_size / 2**20:.1f} MiB), "
-          f"{result.prompt_token_ids.count(model.bundle.manifest['speech']['config']['audio_token_id'])} audio tokens")
+          f"{result.prompt_token_ids.count(model.audio_token_id)} audio tokens")
     print(f"  audio encode {t['audio_encode_ms'] / 1e3:.1f} s, prefill {t['prefill_ms'] / 1e3:.1f} s, total {total:.1f} s; "
           f"real-time factor {total / seconds:.4f} (encode only {t['audio_encode_ms'] / 1e3 / seconds:.4f})")
     print(f"  peak RSS {peak:.0f} MiB (after loading the bundle: {before:.0f} MiB)")

@@ -20,7 +20,7 @@ import onnx
 
 import phi4edge.runtime.session as session_module
 from phi4edge.runtime.benchmark import read_bandwidth_gbs
-from phi4edge.runtime.bundle import Bundle, open_bundle
+from phi4edge.bundle import Bundle, open_bundle
 from phi4edge.runtime.session import DecoderSession
 
 LORA_OPS = {"MatMul", "DynamicQuantizeMatMul", "Cast", "Add"}   # our LoRA branch (and its Add)
@@ -40,7 +40,7 @@ def op_class(name: str, op: str) -> str:
 
 def weight_bytes(bundle: Bundle) -> dict[str, int]:
     """Bytes of decoder initializers read per token, by class (as decode_bytes_per_token counts)."""
-    model = onnx.load(str(bundle.file(bundle.manifest["decoder"]["graph"])), load_external_data=False)
+    model = onnx.load(str(bundle.file(bundle.manifest.decoder.graph)), load_external_data=False)
     size = {t.name: next((int(e.value) for e in t.external_data if e.key == "length"), 0) for t in model.graph.initializer}
     out: dict[str, int] = defaultdict(int)
     for node in model.graph.node:

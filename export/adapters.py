@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..models.lora import LoraAdapter
-from ..runtime.adapters import ADAPTER_FORMAT_VERSION, base_model_version
-from .decoder import LORA_DTYPES, lora_names
+from ..format import ADAPTER_FORMAT_VERSION, Adapter, DecoderNames, base_model_version
+from .decoder import LORA_DTYPES
 
 
 def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,12 +25,12 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
-def write_adapter(adapter: LoraAdapter, path: Path, precision: str, base_id: str) -> dict:
+def write_adapter(adapter: LoraAdapter, path: Path, precision: str, base_id: str) -> Adapter:
     """Write one adapter file; returns its manifest entry."""
     np_type = LORA_DTYPES[precision][1]
     params = {}
     for layer, module, a, b in adapter.tensors():
-        for name, w in zip(lora_names(layer, module), (a.T, b.T)):
+        for name, w in ((DecoderNames.lora(layer, module, "A"), a.T), (DecoderNames.lora(layer, module, "B"), b.T)):
             if np_type == np.int8:
                 w, scale = quantize_columns(w)
                 params[f"{name}.scale"] = ort.OrtValue.ortvalue_from_numpy(scale)
@@ -41,6 +41,6 @@ def write_adapter(adapter: LoraAdapter, path: Path, precision: str, base_id: str
     fmt.set_parameters(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt.export_adapter(str(path))
-    return {"file": path.parent.name + "/" + path.name, "precision": precision, "ranks": adapter.ranks,
-            "alpha": adapter.alpha, "rslora": adapter.rslora, "modules": adapter.modules,
-            "layers": len({layer for layer, _ in adapter.pairs}), "source": adapter.source, "base_model": base_id}
+    return Adapter(file=path.parent.name + "/" + path.name, precision=precision, ranks=adapter.ranks,  # type: ignore[arg-type]
+                   alpha=adapter.alpha, rslora=adapter.rslora, modules=adapter.modules,
+                   layers=len({layer for layer, _ in adapter.pairs}), source=adapter.source, base_model=base_id)

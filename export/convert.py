@@ -12,19 +12,22 @@ from tokenizers import Tokenizer
 from importlib.metadata import version
 from ..models.checkpoint import Checkpoint
 from ..models.config import DecoderConfig, load_config
-from ..models.errors import CheckpointError
+from ..errors import CheckpointError
 from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, read_phi4mm
 from ..models.phi3 import Phi3Weights
 from ..models.phi4mm import AUDIO_TOKEN, IMAGE_TOKEN, SpeechWeights, VisionWeights, has_speech, has_vision
 from ..quant import QuantConfig
-from ..runtime.progress import progress
+from ..progress import progress
 from .adapters import write_adapter
-from .bundle import staging, write_manifest
+from .staging import staging
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .genai_config import genai_config
 from .speech import SpeechBuilder
 from .vision import VisionBuilder
 from .graph import Graph, WeightFile
+from ..bundle import file_table
+from ..format import (DYNAMIC_HD, Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech,
+                      SpeechConfig, SpeechNames, Vision, VisionConfig, VisionNames)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "generation_config.json",
@@ -69,22 +72,22 @@ def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: 
 
 
 def max_crops(model_dir: Path) -> int:
-    """The image processor's crop limit (`dynamic_hd`, 36 in the published preprocessor config)."""
+    """The image processor's crop limit (`dynamic_hd`; the published preprocessor config says 36)."""
     path = model_dir / "preprocessor_config.json"
     settings = json.loads(path.read_text()) if path.is_file() else {}
-    return int(settings.get("dynamic_hd") or (settings.get("image_processor") or {}).get("dynamic_hd") or 36)
+    return int(settings.get("dynamic_hd") or (settings.get("image_processor") or {}).get("dynamic_hd") or DYNAMIC_HD)
 
 
 def export_encoder(kind: str, builder, weights, layers: int, quant: QuantConfig | None, out: Path,
-                   show_progress: bool) -> dict:
-    """KIND.onnx (+ its own weight file) for the vision or speech encoder; returns its manifest entry."""
+                   show_progress: bool) -> str:
+    """KIND.onnx (+ its own weight file) for the vision or speech encoder; returns the graph's name."""
     data = WeightFile(out / f"{kind}.onnx.data")
     graph = Graph(f"phi4mm_{kind}", data)
     with progress(layers, f"export {kind}", "layer", show_progress) as tick:
         builder(graph, weights, quant).build(lambda _: tick())
     data.close()
     onnx.save_model(graph.model(), out / f"{kind}.onnx")
-    return {"graph": f"{kind}.onnx", "config": weights.cfg.to_json()}
+    return f"{kind}.onnx"
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
@@ -122,8 +125,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                       if has_vision(ckpt) else None)
     speech_weights = (SpeechWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(AUDIO_TOKEN))
                       if has_speech(ckpt) else None)
-    media = ((("image_features", vision_weights.cfg.image_token_id),) if vision_weights else ()) + \
-        ((("audio_features", speech_weights.cfg.audio_token_id),) if speech_weights else ())
+    media = (((VisionNames.IMAGE_FEATURES, vision_weights.cfg.image_token_id),) if vision_weights else ()) + \
+        (((SpeechNames.DECODER_INPUT, speech_weights.cfg.audio_token_id),) if speech_weights else ())
 
     with staging(out_dir, force, [model_dir, *(Path(p) for p in (adapters or {}).values())]) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
@@ -131,14 +134,14 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         with progress(cfg.num_layers, "export decoder", "layer", show_progress) as tick:
             DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: tick())
         data.close()
-        encoders = {}
+        vision = speech = None
         if vision_weights:
-            encoders["vision"] = export_encoder("vision", VisionBuilder, vision_weights, vision_weights.cfg.num_layers,
-                                                quant, tmp, show_progress)
-            encoders["vision"]["dynamic_hd"] = max_crops(model_dir)
+            vision = Vision(export_encoder("vision", VisionBuilder, vision_weights, vision_weights.cfg.num_layers,
+                                           quant, tmp, show_progress),
+                            VisionConfig(**vision_weights.cfg.to_json()), dynamic_hd=max_crops(model_dir))
         if speech_weights:
-            encoders["speech"] = export_encoder("speech", SpeechBuilder, speech_weights, speech_weights.cfg.num_blocks,
-                                                quant, tmp, show_progress)
+            speech = Speech(export_encoder("speech", SpeechBuilder, speech_weights, speech_weights.cfg.num_blocks,
+                                           quant, tmp, show_progress), SpeechConfig(**speech_weights.cfg.to_json()))
         adapter_entries = {}
         with progress(len(loras), "export adapters", "adapter", show_progress and bool(loras)) as tick:
             for adapter in loras:
@@ -151,17 +154,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                 shutil.copy2(model_dir / name, tmp / name)
         stop_ids = stop_token_ids(model_dir, cfg, tokenizer)
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(cfg, stop_ids), indent=2))
-        write_manifest(tmp, {
-            "created_by": f"phi4edge {version('phi4edge')}",
-            "model": {"family": "phi3", "source": model_dir.resolve().name, "base_id": base_id,
-                      "config": cfg.to_json()},
-            "quantization": {"precision": precision, **(quant.to_json() if quant else {}),
-                             "tied_embeddings": "one int4 tensor for embedding and LM head"
-                             if quant and cfg.tie_word_embeddings else None},
-            "decoder": {"graph": "decoder.onnx", "inputs": "input_ids", "logits": "last_position",
-                        "lora": lora_dtype, "media": {name: token for name, token in media}},
-            "adapters": adapter_entries,
-            **encoders,
-            "generation": {"eos_token_ids": stop_ids},
-        })
+        Manifest(
+            created_by=f"phi4edge {version('phi4edge')}",
+            model=Model(family="phi3", source=model_dir.resolve().name, base_id=base_id,
+                        config=ModelConfig(**cfg.to_json())),
+            quantization=Quantization(precision=precision, **(quant.to_json() if quant else {}),  # type: ignore[arg-type]
+                                      tied_embeddings="one int4 tensor for embedding and LM head"
+                                      if quant and cfg.tie_word_embeddings else None),
+            decoder=Decoder(graph="decoder.onnx", lora=lora_dtype, media=dict(media)),  # type: ignore[arg-type]
+            adapters=adapter_entries, vision=vision, speech=speech,
+            generation=Generation(eos_token_ids=stop_ids),
+            files=file_table(tmp),
+        ).write(tmp)
     return out_dir

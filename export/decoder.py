@@ -19,8 +19,9 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto
 
+from ..errors import CheckpointError
+from ..format import DecoderNames
 from ..models.config import DecoderConfig
-from ..models.errors import CheckpointError
 from ..models.phi3 import Phi3Weights
 from ..models.rope import cos_sin
 from ..quant import QuantConfig, quantize_int4
@@ -44,15 +45,13 @@ class DecoderOptions:
 
 
 def lora_names(layer: int, module: str) -> tuple[str, str]:
-    """Graph inputs (and .onnx_adapter parameter names) of one LoRA pair: A [in, r], B [r, out].
-    int8 pairs add NAME.scale inputs: A's per-rank [r] and B's per-output [out] scales."""
-    short = module.split(".")[-1]
-    return f"lora.layers.{layer}.{short}.A", f"lora.layers.{layer}.{short}.B"
+    """Graph inputs (and .onnx_adapter parameter names) of one LoRA pair: A [in, r], B [r, out]."""
+    return DecoderNames.lora(layer, module, "A"), DecoderNames.lora(layer, module, "B")
 
 
 def kv_names(layer: int) -> tuple[str, str, str, str]:
-    return (f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
-            f"present.{layer}.key", f"present.{layer}.value")
+    return (DecoderNames.past(layer, "key"), DecoderNames.past(layer, "value"),
+            DecoderNames.present(layer, "key"), DecoderNames.present(layer, "value"))
 
 
 class DecoderBuilder:
@@ -135,7 +134,7 @@ class DecoderBuilder:
         g, cfg, q = self.g, self.cfg, self.opt.quant
         if self.opt.inputs_embeds:
             return g.input("inputs_embeds", FLOAT, ["batch", "seq", cfg.hidden_size])
-        ids = g.input("input_ids", TensorProto.INT64, ["batch", "seq"])
+        ids = g.input(DecoderNames.INPUT_IDS, TensorProto.INT64, ["batch", "seq"])
         data, scales = table
         if q is None:
             embeds = g.op("Gather", [data, ids], name="embed_tokens")
@@ -170,7 +169,7 @@ class DecoderBuilder:
             flat = g.op("Reshape", [x, g.const("flat_shape", np.array([-1, cfg.hidden_size]))])
             logits = g.op("Gemm", [flat, data], name="lm_head", transB=1)
             logits = g.op("Unsqueeze", [logits, g.const("axis1", np.array([1]))])
-        return g.op("Identity", [logits], ["logits"])
+        return g.op("Identity", [logits], [DecoderNames.LOGITS])
 
     def rotary_caches(self, total_len: str) -> tuple[str, str]:
         """cos/sin caches; LongRoPE picks the long set once the sequence passes the original
@@ -195,7 +194,7 @@ class DecoderBuilder:
     # -- whole graph ---------------------------------------------------------------------------
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
         g, cfg, w = self.g, self.cfg, self.w
-        mask = g.input("attention_mask", TensorProto.INT64, ["batch", "total_seq"])
+        mask = g.input(DecoderNames.ATTENTION_MASK, TensorProto.INT64, ["batch", "total_seq"])
         seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, g.const("axes1", np.array([1]))], keepdims=0),
                                               g.const("one", np.array(1, np.int64))])], to=TensorProto.INT32)
         total_len = g.op("Cast", [g.op("Gather", [g.op("Shape", [mask]), g.const("idx1", np.array(1))])],
@@ -240,4 +239,4 @@ class DecoderBuilder:
                            g.const("seq_axis", np.array([1]))])
         head = embed_table if w.lm_head_key is None else self.vocab_weight("lm_head", w.lm_head_key)
         self.lm_head(x, head)
-        g.output("logits", FLOAT, ["batch", 1, cfg.vocab_size])
+        g.output(DecoderNames.LOGITS, FLOAT, ["batch", 1, cfg.vocab_size])

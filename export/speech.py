@@ -16,6 +16,7 @@ from ..models.phi4mm import SpeechWeights
 from ..quant import QuantConfig
 from .graph import Graph
 from .vision import VisionBuilder
+from ..format import SpeechNames
 
 FLOAT = TensorProto.FLOAT
 
@@ -75,8 +76,8 @@ class SpeechBuilder(VisionBuilder):
 
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
         g, c, w = self.g, self.cfg, self.w
-        feats = g.input("audio_features", FLOAT, [1, "frames", c.input_size])
-        key_bias = g.input("key_bias", FLOAT, ["chunks", 1, 1, "chunk_len"])
+        feats = g.input(SpeechNames.AUDIO_FEATURES, FLOAT, [1, "frames", c.input_size])
+        key_bias = g.input(SpeechNames.KEY_BIAS, FLOAT, ["chunks", 1, 1, "chunk_len"])
         x = g.op("Mul", [g.op("Sub", [feats, g.weight("speech.global_mean", w.get("encoder.encoder_embedding.global_mean"))]),
                          g.weight("speech.global_invstd", w.get("encoder.encoder_embedding.global_invstd"))])
         x = g.op("Unsqueeze", [x, g.const("axis1", np.array([1]))])                       # [1, 1, frames, mels]
@@ -109,7 +110,7 @@ class SpeechBuilder(VisionBuilder):
         flat = g.op("Reshape", [x, g.const("speech_rows", np.array([-1, c.hidden_size]))])
         rows = g.op("Slice", [flat, g.const("i64_0_1d", np.array([0])), g.op("Unsqueeze", [total, g.const("axis0", np.array([0]))]),
                               g.const("axis0", np.array([0]))])
-        for mode in ("speech", "vision_speech"):
+        for mode, output in (("speech", SpeechNames.SPEECH_FEATURES), ("vision_speech", SpeechNames.VISION_SPEECH_FEATURES)):
             up = g.op("Gelu", [self.linear(f"up_proj_for_{mode}", rows)])
-            g.op("Identity", [self.linear(f"down_proj_for_{mode}", up)], [f"{mode}_features"])
-            g.output(f"{mode}_features", FLOAT, ["tokens", c.text_hidden_size])
+            g.op("Identity", [self.linear(f"down_proj_for_{mode}", up)], [output])
+            g.output(output, FLOAT, ["tokens", c.text_hidden_size])

@@ -20,6 +20,7 @@ from ..models.phi4mm import VisionWeights
 from ..quant import QuantConfig, quantize_int4
 from .decoder import MS
 from .graph import Graph
+from ..format import VisionNames
 
 FLOAT = TensorProto.FLOAT
 
@@ -69,10 +70,10 @@ class VisionBuilder:
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
         g, c, w = self.g, self.cfg, self.w
         side = c.patches_per_side
-        pixels = g.input("pixel_values", FLOAT, ["crops", 3, c.image_size, c.image_size])
-        positions = g.input("position_ids", TensorProto.INT64, ["crops", side * side])
-        bias = g.input("attention_bias", FLOAT, ["crops", 1, 1, side * side])
-        index = g.input("token_index", TensorProto.INT64, ["tokens"])
+        pixels = g.input(VisionNames.PIXEL_VALUES, FLOAT, ["crops", 3, c.image_size, c.image_size])
+        positions = g.input(VisionNames.POSITION_IDS, TensorProto.INT64, ["crops", side * side])
+        bias = g.input(VisionNames.ATTENTION_BIAS, FLOAT, ["crops", 1, 1, side * side])
+        index = g.input(VisionNames.TOKEN_INDEX, TensorProto.INT64, ["tokens"])
         emb = "img_processor.embeddings"
         patches = g.op("Conv", [pixels, g.weight("vision.patch_embedding.weight", w.get(f"{emb}.patch_embedding.weight")),
                                 g.weight("vision.patch_embedding.bias", w.get(f"{emb}.patch_embedding.bias"))],
@@ -98,5 +99,5 @@ class VisionBuilder:
         table = g.op("Concat", [rows, g.weight("vision.separators", separators)], axis=0)
         tokens = g.op("Gather", [table, index])
         up = g.op("Gelu", [self.linear("img_projection_up", tokens)])
-        g.op("Identity", [self.linear("img_projection_down", up)], ["image_features"])
-        g.output("image_features", FLOAT, ["tokens", c.text_hidden_size])
+        g.op("Identity", [self.linear("img_projection_down", up)], [VisionNames.IMAGE_FEATURES])
+        g.output(VisionNames.IMAGE_FEATURES, FLOAT, ["tokens", c.text_hidden_size])

@@ -14,7 +14,7 @@ import ml_dtypes  # noqa: F401  registers numpy's bfloat16 so safetensors can re
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SUPPORTED_ARCHITECTURES = {"Phi3ForCausalLM", "Phi4MMForCausalLM", "Phi4MultimodalForCausalLM"}
 LONGROPE_ALIASES = {"longrope", "su", "yarn"}

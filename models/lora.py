@@ -20,7 +20,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint
 from .config import DecoderConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .phi3 import LAYER_LINEARS, linear_shapes
 
 KEY = re.compile(r"(?:.*\.)?layers\.(\d+)\.(self_attn\.\w+|mlp\.\w+)\.lora_([AB])(?:\.(\w+))?\.weight$")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 IMAGE = "model.embed_tokens_extend.image_embed."
 # transformers-native name pattern -> original remote-code replacement, where they differ

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
-from ..models.errors import Phi4EdgeError
+from ..errors import Phi4EdgeError
 
 CHUNK_ELEMENTS = 1 << 25   # 128 MB of float32 per quantisation call bounds peak memory
 

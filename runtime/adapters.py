@@ -13,24 +13,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..models.errors import BundleError
+from ..errors import BundleError
+from ..format import base_model_version
 from .adapter_file import read_mapped
-
-ADAPTER_FORMAT_VERSION = 1
-
-
-def base_model_version(base_id: str) -> int:
-    """The base model id as the int that .onnx_adapter files keep in model_version (28 bits)."""
-    return int(base_id[:7], 16)
-
 
 class AdapterSet:
     def __init__(self, bundle, session: ort.InferenceSession):
         self.bundle = bundle
         # inputs with initializer defaults are listed as overridable initializers, not inputs
         self.inputs = {i.name: i for i in session.get_overridable_initializers() if i.name.startswith("lora.")}
-        self.files = {name: bundle.file(e["file"]) for name, e in bundle.manifest.get("adapters", {}).items()}
-        self.base_id = bundle.manifest["model"].get("base_id", "")
+        self.files = {name: bundle.file(e.file) for name, e in bundle.manifest.adapters.items()}
+        self.base_id = bundle.manifest.model.base_id
         int8 = any(i.type == "tensor(int8)" for i in self.inputs.values())
         self.empty = {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i, int8)) for name, i in self.inputs.items()}
         self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}   # name -> (mapping, values)

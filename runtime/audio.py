@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from ..models.errors import Phi4EdgeError
+from ..errors import Phi4EdgeError
 
 SAMPLE_RATE = 16000
 

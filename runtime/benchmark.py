@@ -72,8 +72,8 @@ def decode_bytes_per_token(bundle) -> int:
     rotary caches (of which one row is read) and the embedding gather (one row), unless the
     embedding is the tied LM head, which is read whole."""
     import onnx
-    model = onnx.load(str(bundle.file(bundle.manifest["decoder"]["graph"])), load_external_data=False)
-    tied = bundle.config.get("tie_word_embeddings", False)
+    model = onnx.load(str(bundle.file(bundle.manifest.decoder.graph)), load_external_data=False)
+    tied = bundle.manifest.model.config.tie_word_embeddings
     total = 0
     for t in model.graph.initializer:
         length = next((int(e.value) for e in t.external_data if e.key == "length"), 0)
@@ -117,10 +117,10 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
         name = model.adapters[0]
         result["adapter"] = {"name": name, "decode_tokens_per_s": med[f"decode_with_{name}"],
                              "switch_latency_ms": switch_latency_ms(model, None, name)}
-    if "vision" in model.bundle.manifest:
+    if model.bundle.manifest.vision:
         image = _test_image(model)
         result["image_encode_ms"] = _median_ms(lambda: model.image_features([image]), repeats)
-    if "speech" in model.bundle.manifest:
+    if model.bundle.manifest.speech:
         audio = _test_audio(model)
         result["audio_encode_ms"] = _median_ms(lambda: model.audio_features([audio], False), repeats)
     result["peak_rss_mb"] = peak_rss_mb

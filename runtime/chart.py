@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.errors import Phi4EdgeError
+from ..errors import Phi4EdgeError
 
 
 def bench_chart(result: dict, path: str | Path, title: str) -> Path:

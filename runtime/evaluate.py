@@ -16,7 +16,7 @@ from typing import Callable
 import jiwer
 import numpy as np
 
-from ..models.errors import BundleError
+from ..errors import BundleError
 from .generate import NO_ADAPTER, Model
 
 MODES = ("routed", "none", "swapped")   # adapter per request: as routed, base model, the other one
@@ -90,7 +90,7 @@ def evaluate(model: Model, folder: Path, modes: tuple[str, ...] = ("routed",), l
     if not any(sets.values()):
         raise BundleError(f"{folder}: no image.jsonl, speech.jsonl or text.jsonl")
     manifest = model.bundle.manifest
-    runnable = {"image": "vision" in manifest, "speech": "speech" in manifest}
+    runnable = {"image": manifest.vision is not None, "speech": manifest.speech is not None}
     total = sum(len(sets[k]) * len(modes) for k in runnable if runnable[k]) + len(sets["text"])
     tick = progress(total) if progress else (lambda: None)
     report: dict = {"set": str(folder), "items": {k: len(v) for k, v in sets.items()}}

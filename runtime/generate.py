@@ -9,15 +9,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..models.errors import BundleError, RequestError
+from ..errors import BundleError, RequestError
 from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
-from .bundle import Bundle, open_bundle
+from ..bundle import Bundle, open_bundle
 from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
 from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder
+from ..format import SpeechNames, VisionNames
 
 # No BPE token of the Phi-4 tokenizer spans more than a few dozen characters; a prompt longer than
 # this many characters per context token cannot fit and is refused before tokenising it.
@@ -55,12 +56,12 @@ class Model:
         self.lock = threading.RLock()   # one request at a time: see the class docstring
         self.decoder = DecoderSession(self.bundle, threads, providers)
         self._threads, self._providers, self._vision, self._speech = threads, providers, None, None
-        self.eos_token_ids = self.bundle.eos_token_ids
+        self.eos_token_ids = self.bundle.manifest.eos_token_ids
         self.context_length = self.decoder.max_position
-        cfg = self.bundle.config
+        cfg = self.bundle.manifest.model.config
         # LongRoPE: the cache holds keys rotated with the short factors until the sequence outgrows
         # the original context; then transformers recomputes it once with the long factors.
-        self.rope_switch = cfg["original_max_position"] if cfg["rope_kind"] == "longrope" else None
+        self.rope_switch = cfg.original_max_position if cfg.rope_kind == "longrope" else None
 
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
                images: list[PreparedImage] = (), audios: list[PreparedAudio] = ()) -> list[int]:
@@ -78,7 +79,8 @@ class Model:
 
     @property
     def audio_token_id(self) -> int | None:
-        return self.bundle.manifest["speech"]["config"]["audio_token_id"] if "speech" in self.bundle.manifest else None
+        speech = self.bundle.manifest.speech
+        return speech.config.audio_token_id if speech else None
 
     def max_audio_samples(self) -> int:
         """The longest 16 kHz waveform whose tokens fit the context (checked before encoding)."""
@@ -90,7 +92,7 @@ class Model:
         """A path, bytes, mono 16 kHz float waveform or prepared audio, as log-mel features."""
         if isinstance(audio, PreparedAudio):
             return audio
-        if "speech" not in self.bundle.manifest:
+        if self.bundle.manifest.speech is None:
             raise BundleError(f"{self.bundle.path}: this bundle has no speech encoder, so it cannot take audio")
         limit = self.max_audio_samples()
         if isinstance(audio, np.ndarray):
@@ -117,17 +119,19 @@ class Model:
 
     @property
     def image_token_id(self) -> int | None:
-        return self.bundle.manifest["vision"]["config"]["image_token_id"] if "vision" in self.bundle.manifest else None
+        vision = self.bundle.manifest.vision
+        return vision.config.image_token_id if vision else None
 
     def prepare_image(self, image) -> PreparedImage:
         """A path, bytes, PIL image or an already prepared image, ready for the vision encoder."""
         if isinstance(image, PreparedImage):
             return image
-        if "vision" not in self.bundle.manifest:
+        vision = self.bundle.manifest.vision
+        if vision is None:
             raise BundleError(f"{self.bundle.path}: this bundle has no vision encoder, so it cannot take images")
-        cfg = self.bundle.manifest["vision"]["config"]
-        return preprocess(load_image(image), ImageSettings(crop_size=cfg["crop_size"], patch_size=cfg["patch_size"],
-                                                             dynamic_hd=self.bundle.manifest["vision"].get("dynamic_hd", 36)))
+        return preprocess(load_image(image), ImageSettings(crop_size=vision.config.crop_size,
+                                                           patch_size=vision.config.patch_size,
+                                                           dynamic_hd=vision.dynamic_hd))
 
     def image_features(self, images: list[PreparedImage]) -> np.ndarray:
         """Run the vision encoder (loaded on first use) over the images, in prompt order."""
@@ -157,11 +161,11 @@ class Model:
         ids = ids.astype(np.int64)
         if ids.size == 0:
             raise RequestError("the prompt is empty")
-        vocab = self.bundle.config["vocab_size"]
+        vocab = self.bundle.manifest.model.config.vocab_size
         if ids.min() < 0 or ids.max() >= vocab:
             bad = int(ids[(ids < 0) | (ids >= vocab)][0])
             raise RequestError(f"token id {bad} is outside this model's vocabulary (0..{vocab - 1})")
-        for name, token_id in self.bundle.manifest["decoder"].get("media", {}).items():
+        for name, token_id in self.bundle.manifest.decoder.media.items():
             rows = len((media or {}).get(name, ()))
             placeholders = int((ids == token_id).sum())
             if placeholders != rows:
@@ -275,11 +279,11 @@ class Model:
         media = {}
         if prepared:
             start = time.perf_counter()
-            media["image_features"] = self.image_features(prepared)
+            media[VisionNames.IMAGE_FEATURES] = self.image_features(prepared)
             timings["image_encode_ms"] = (time.perf_counter() - start) * 1e3
         if mels:
             start = time.perf_counter()
-            media["audio_features"] = self.audio_features(mels, with_image=bool(prepared))
+            media[SpeechNames.DECODER_INPUT] = self.audio_features(mels, with_image=bool(prepared))
             timings["audio_encode_ms"] = (time.perf_counter() - start) * 1e3
         if adapter is None and media:
             wanted = "vision" if prepared else "speech"

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..models.errors import Phi4EdgeError
+from ..errors import Phi4EdgeError
+from ..format import DYNAMIC_HD
 
 # Images are checked from their header, before any pixel is decoded. A 64 MP image decodes to at
 # most 256 MB (RGBA) and its conversions stay under 1 GB RSS (tests/test_hostile.py measures it);
@@ -29,7 +30,7 @@ class ImageError(Phi4EdgeError):
 class ImageSettings:
     crop_size: int = 448
     patch_size: int = 14
-    dynamic_hd: int = 36
+    dynamic_hd: int = DYNAMIC_HD
     mean: float = 0.5
     std: float = 0.5
 

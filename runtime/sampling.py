@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..models.errors import RequestError
+from ..errors import RequestError
 
 
 @dataclass(frozen=True)

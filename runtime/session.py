@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..models.errors import BundleError
+from ..errors import BundleError
 from .adapters import AdapterSet
-from .bundle import Bundle
+from ..bundle import Bundle
+from ..format import DecoderNames
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider",
@@ -46,25 +47,25 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 class DecoderSession:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
-        cfg = bundle.config
-        self.num_layers, self.vocab_size = cfg["num_layers"], cfg["vocab_size"]
-        self.kv_shape = (cfg["num_kv_heads"], cfg["head_dim"])
-        self.max_position = cfg["max_position"]
+        cfg = bundle.manifest.model.config
+        self.num_layers, self.vocab_size = cfg.num_layers, cfg.vocab_size
+        self.kv_shape = (cfg.num_kv_heads, cfg.head_dim)
+        self.max_position = cfg.max_position
         try:
-            self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["decoder"]["graph"])),
+            self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.decoder.graph)),
                                                 session_options(threads),
                                                 providers=resolve_providers(providers))
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
             raise BundleError(f"{bundle.path}: decoder graph failed to load ({e})") from None
         self.binding = self.session.io_binding()
         self.logits = np.zeros((1, 1, self.vocab_size), np.float32)
-        self.binding.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        self.binding.bind_output(DecoderNames.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         self.capacity = 0
         self.length = 0   # tokens already in the KV cache
         self.adapters = AdapterSet(bundle, self.session)
         # image/audio feature inputs (overridable, empty by default): bound for prefill only
         self.media_inputs = {i.name: i.shape[1] for i in self.session.get_overridable_initializers()
-                             if i.name in bundle.manifest["decoder"].get("media", {})}
+                             if i.name in bundle.manifest.decoder.media}
         self.media_empty = {name: np.zeros((0, hidden), np.float32) for name, hidden in self.media_inputs.items()}
         self.media_bound = False
 
@@ -84,8 +85,8 @@ class DecoderSession:
             for kind in ("key", "value"):
                 value = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_shape[0], capacity, self.kv_shape[1]), np.float32))
                 self.cache.append(value)   # keep alive: the binding holds only pointers
-                self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
-                self.binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+                self.binding.bind_ortvalue_input(DecoderNames.past(i, kind), value)
+                self.binding.bind_ortvalue_output(DecoderNames.present(i, kind), value)
 
     def reset(self) -> None:
         """Forget the cached tokens (the buffers stay allocated)."""
@@ -111,8 +112,8 @@ class DecoderSession:
         total = self.length + n
         if total > self.capacity:
             raise BundleError(f"sequence of {total} tokens exceeds the reserved {self.capacity}")
-        self.binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], ids.ctypes.data)
-        self.binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
+        self.binding.bind_input(DecoderNames.INPUT_IDS, "cpu", 0, np.int64, [1, n], ids.ctypes.data)
+        self.binding.bind_input(DecoderNames.ATTENTION_MASK, "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
         self.session.run_with_iobinding(self.binding)
         self.length = total
         return self.logits[0, 0]

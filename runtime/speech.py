@@ -6,8 +6,9 @@ import math
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle
+from ..bundle import Bundle
 from .session import resolve_providers, session_options
+from ..format import SpeechNames
 
 CHUNK = 500   # the reference encodes longer inputs in chunks of 500 frames (after subsampling)
 
@@ -24,13 +25,13 @@ def key_bias(tokens: int) -> np.ndarray:
 
 class SpeechEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
-        self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["speech"]["graph"])),
+        self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.speech.graph)),
                                             session_options(threads), providers=resolve_providers(providers))
 
     def __call__(self, log_mel: np.ndarray, with_image: bool = False) -> np.ndarray:
         """[ceil(frames / 8), text_hidden] embeddings; the vision_speech projection when the same
         request has an image, else the speech one."""
         tokens = math.ceil(len(log_mel) / 8)
-        name = "vision_speech_features" if with_image else "speech_features"
-        return self.session.run([name], {"audio_features": log_mel[None].astype(np.float32),
-                                         "key_bias": key_bias(tokens)})[0]
+        name = SpeechNames.VISION_SPEECH_FEATURES if with_image else SpeechNames.SPEECH_FEATURES
+        return self.session.run([name], {SpeechNames.AUDIO_FEATURES: log_mel[None].astype(np.float32),
+                                         SpeechNames.KEY_BIAS: key_bias(tokens)})[0]

@@ -16,7 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-from ..models.errors import BundleError, RequestError
+from ..errors import BundleError, RequestError
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TEMPLATE_OUTPUT = 1 << 24   # characters; a template that renders more is broken or hostile

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle
+from ..bundle import Bundle
 from .image import PreparedImage
 from .session import resolve_providers, session_options
+from ..format import VisionNames
 
 NEG = np.finfo(np.float32).min   # additive mask value for padded patches (as transformers uses)
 
@@ -46,7 +47,7 @@ def token_index(image: PreparedImage) -> np.ndarray:
 
 class VisionEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
-        self.session = ort.InferenceSession(str(bundle.file(bundle.manifest["vision"]["graph"])),
+        self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.vision.graph)),
                                             session_options(threads), providers=resolve_providers(providers))
 
     def __call__(self, image: PreparedImage) -> np.ndarray:
@@ -54,6 +55,6 @@ class VisionEncoder:
         bias = np.where(image.patch_mask.reshape(len(image.patch_mask), 1, 1, -1), 0.0, NEG).astype(np.float32)
         index = token_index(image)
         assert len(index) == image.num_tokens
-        return self.session.run(["image_features"], {
-            "pixel_values": image.pixel_values, "position_ids": position_ids(image.patch_mask),
-            "attention_bias": bias, "token_index": index})[0]
+        return self.session.run([VisionNames.IMAGE_FEATURES], {
+            VisionNames.PIXEL_VALUES: image.pixel_values, VisionNames.POSITION_IDS: position_ids(image.patch_mask),
+            VisionNames.ATTENTION_BIAS: bias, VisionNames.TOKEN_INDEX: index})[0]

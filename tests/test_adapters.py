@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from phi4edge.export import export_model
-from phi4edge.models.errors import BundleError, CheckpointError
+from phi4edge.errors import BundleError, CheckpointError
 from phi4edge.models.lora import save_peft_adapter
-from phi4edge.runtime.cli import main
+from phi4edge.cli import main
 from phi4edge.runtime.generate import load
 
 from .checkpoints import load_reference, make_phi3, peft_model, phi3_config
@@ -74,10 +74,10 @@ def test_onnxruntime_lora_adapter_reads_our_files(two_adapters):
     adapter.Load(str(bundle / "adapters" / "style.onnx_adapter"))
     opts = ort.RunOptions()
     opts.add_active_adapter(adapter)
-    cfg = model.bundle.config
-    empty = np.zeros((1, cfg["num_kv_heads"], 0, cfg["head_dim"]), np.float32)
+    cfg = model.bundle.manifest.model.config
+    empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32)
     feeds = {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int64)}
-    feeds |= {f"past_key_values.{i}.{k}": empty for i in range(cfg["num_layers"]) for k in ("key", "value")}
+    feeds |= {f"past_key_values.{i}.{k}": empty for i in range(cfg.num_layers) for k in ("key", "value")}
     theirs = sess.run(["logits"], feeds, opts)[0][0, 0]
     assert np.abs(ours - theirs).max() < 1e-5
 

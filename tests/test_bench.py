@@ -6,8 +6,8 @@ import json
 from click.testing import CliRunner
 
 from phi4edge.runtime.benchmark import decode_bytes_per_token
-from phi4edge.runtime.bundle import open_bundle
-from phi4edge.runtime.cli import main
+from phi4edge.bundle import open_bundle
+from phi4edge.cli import main
 
 
 def test_bench_text_bundle(bundles, tmp_path):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from phi4edge.export import export_model
 from phi4edge.models import EMBEDDED
-from phi4edge.runtime.cli import main
+from phi4edge.cli import main
 from phi4edge.runtime.evaluate import evaluate
 from phi4edge.runtime.generate import load
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from phi4edge.runtime.cli import main
+from phi4edge.cli import main
 
 
 def run_cli(*args: str):

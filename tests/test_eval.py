@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from phi4edge.models.errors import BundleError
-from phi4edge.runtime.cli import main
+from phi4edge.errors import BundleError
+from phi4edge.cli import main
 from phi4edge.runtime.evaluate import evaluate, read_set
 from phi4edge.runtime.generate import NO_ADAPTER, Model, load
 

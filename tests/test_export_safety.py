@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from phi4edge.export import export_model
-from phi4edge.models.errors import CheckpointError, Phi4EdgeError
-from phi4edge.runtime.cli import main
+from phi4edge.errors import CheckpointError, Phi4EdgeError
+from phi4edge.cli import main
 
 from .conftest import PYTHON
 
@@ -55,7 +55,7 @@ def test_force_never_replaces_the_checkpoint_a_folder_or_a_file(checkpoints, tmp
 
 
 def test_second_concurrent_export_fails_clearly(checkpoints, tmp_path):
-    from phi4edge.export.bundle import output_lock
+    from phi4edge.export.staging import output_lock
     out = tmp_path / "b"
     with output_lock(out):   # another export is writing b
         with pytest.raises(Phi4EdgeError, match="another phi4edge export is writing"):
@@ -74,7 +74,7 @@ def _start_export(ck: Path, out: Path) -> subprocess.Popen:
             "    time.sleep(0.05)\n"
             "    return real(self, name, rows)\n"
             "checkpoint.Checkpoint.get = slow\n"
-            "from phi4edge.runtime.cli import main\n"
+            "from phi4edge.cli import main\n"
             "sys.argv = ['phi4edge', 'export', sys.argv[1], '-o', sys.argv[2]]\n"
             "main()\n")
     return subprocess.Popen([*PYTHON, "-c", code, str(ck), str(out)], stderr=subprocess.PIPE, text=True)
@@ -194,7 +194,7 @@ def test_garbage_tokenizer_is_a_one_line_error(checkpoints, tmp_path):
 
 
 def test_progress_is_one_line_per_stage_when_piped(checkpoints, tmp_path):
-    proc = subprocess.run([*PYTHON, "-m", "phi4edge.runtime.cli", "export", str(checkpoints["gqa4"]),
+    proc = subprocess.run([*PYTHON, "-m", "phi4edge.cli", "export", str(checkpoints["gqa4"]),
                            "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr

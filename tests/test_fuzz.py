@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phi4edge.models.errors import Phi4EdgeError
-from phi4edge.runtime.bundle import open_bundle
+from phi4edge.errors import Phi4EdgeError
+from phi4edge.bundle import open_bundle
 from phi4edge.runtime.generate import load
 from phi4edge.runtime.tokenizer import ChatTokenizer
 

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from phi4edge.models.errors import BundleError, Phi4EdgeError, RequestError
-from phi4edge.runtime.cli import main
+from phi4edge.errors import BundleError, Phi4EdgeError, RequestError
+from phi4edge.cli import main
 from phi4edge.runtime.generate import load
 from phi4edge.runtime.sampling import SamplingParams
 
@@ -129,7 +129,7 @@ def test_unlisted_file_is_refused_and_inspect_reports_it(bundles, tmp_path):
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda m: m["model"]["config"].pop("num_layers"), "required field 'model.config.num_layers' is missing"),
-    (lambda m: m["model"]["config"].update(head_dim="64"), "field 'model.config.head_dim' is str"),
+    (lambda m: m["model"]["config"].update(head_dim="64"), "field 'model.config.head_dim' is '64', expected an integer"),
     (lambda m: m.update(format_version=2), "upgrade phi4edge"),
     (lambda m: m["files"]["tokenizer.json"].update(size=-1), "tokenizer.json"),
     (lambda m: m["generation"].update(eos_token_ids=["x"]), "generation.eos_token_ids"),

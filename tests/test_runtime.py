@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from phi4edge.models.errors import BundleError, RequestError
-from phi4edge.runtime.cli import main
+from phi4edge.errors import BundleError, RequestError
+from phi4edge.cli import main
 from phi4edge.runtime.generate import load
 from phi4edge.runtime.sampling import SamplingParams
 
@@ -69,7 +69,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(bundles):
 
 
 def test_cli_run_json_contract(bundles):
-    result = subprocess.run([*PYTHON, "-m", "phi4edge.runtime.cli", "run", str(bundles["phi4mini", "int4"]),
+    result = subprocess.run([*PYTHON, "-m", "phi4edge.cli", "run", str(bundles["phi4mini", "int4"]),
                              "--prompt", "Explain GQA in one paragraph.", "--max-new-tokens", "5", "--json"],
                             capture_output=True, text=True, check=True)
     out = json.loads(result.stdout.strip().splitlines()[-1])

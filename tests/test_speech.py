@@ -7,7 +7,7 @@ import torch
 
 from phi4edge.export import export_model
 from phi4edge.runtime.audio import log_mel, num_audio_tokens
-from phi4edge.runtime.bundle import open_bundle
+from phi4edge.bundle import open_bundle
 from phi4edge.runtime.speech import SpeechEncoder
 
 from .compare import assert_greedy_matches, hf_greedy, int4_vs_fp32
@@ -90,7 +90,7 @@ def test_cli_audio_option_at_48k_stereo(mm_with_adapters, tmp_path):
     import soundfile
     from click.testing import CliRunner
 
-    from phi4edge.runtime.cli import main
+    from phi4edge.cli import main
     _, bundle = mm_with_adapters
     t = np.arange(48000) / 48000
     soundfile.write(tmp_path / "clip.wav", np.stack([np.sin(2 * np.pi * 300 * t)] * 2, axis=1) * 0.3, 48000)

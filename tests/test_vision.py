@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from phi4edge.export import export_model
-from phi4edge.runtime.bundle import open_bundle
+from phi4edge.bundle import open_bundle
 from phi4edge.runtime.image import PreparedImage, preprocess
 from phi4edge.runtime.vision import VisionEncoder
 
@@ -75,7 +75,7 @@ def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_ad
 
 
 def test_placeholders_are_checked_and_inserted(mm_with_adapters):
-    from phi4edge.models.errors import RequestError
+    from phi4edge.errors import RequestError
     from phi4edge.runtime.generate import load
     _, bundle = mm_with_adapters
     model = load(bundle)
@@ -118,7 +118,7 @@ def test_cli_image_option(mm_with_adapters, tmp_path):
 
     from click.testing import CliRunner
 
-    from phi4edge.runtime.cli import main
+    from phi4edge.cli import main
     _, bundle = mm_with_adapters
     path = tmp_path / "photo.png"
     Image.new("RGB", (500, 300), (10, 200, 40)).save(path)
@@ -167,5 +167,5 @@ def test_crop_limit_comes_from_the_preprocessor_config(mm_with_adapters, tmp_pat
     shutil.copytree(bundle.parent / "native", ck)
     (ck / "preprocessor_config.json").write_text(json.dumps({"dynamic_hd": 4}))
     model = load(export_model(ck, tmp_path / "b", precision="fp32", show_progress=False))
-    assert model.bundle.manifest["vision"]["dynamic_hd"] == 4
+    assert model.bundle.manifest.vision.dynamic_hd == 4
     assert model.prepare_image(Image.new("RGB", (4000, 1000))).grid == (1, 4)   # 36 would allow 9x2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..models.errors import Phi4EdgeError
+from .errors import Phi4EdgeError
 
 
 def friendly_errors(fn):
@@ -60,7 +60,7 @@ def main() -> None:
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
-    from ..export import export_model   # export-only dependencies load only here
+    from .export import export_model   # export-only dependencies load only here
     named = {}
     for spec in adapters:
         name, sep, path = spec.partition("=")
@@ -103,8 +103,8 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
         threads: int | None, providers: tuple[str, ...], adapter: str | None, images: tuple[str, ...],
         audios: tuple[str, ...], as_json: bool, verify: bool) -> None:
     """Generate an answer to one prompt."""
-    from .generate import load
-    from .sampling import SamplingParams
+    from .runtime.generate import load
+    from .runtime.sampling import SamplingParams
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
     if prompt_file is not None:
@@ -141,11 +141,11 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
 def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, output: str | None,
               chart: str | None) -> None:
     """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders."""
-    from .benchmark import bench
-    from .generate import load
+    from .runtime.benchmark import bench
+    from .runtime.generate import load
     result = bench(load(bundle, threads=threads), new_tokens=new_tokens, repeats=repeats)
     if chart:
-        from .chart import bench_chart
+        from .runtime.chart import bench_chart
         bench_chart(result, chart, f"phi4edge bench: {Path(bundle).name}")
     for key, value in result.items():
         click.echo(f"{key:26s} {json.dumps(value) if isinstance(value, dict) else f'{value:.4g}'}", err=True)
@@ -171,8 +171,8 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
     """Score a bundle on held-out sets: image accuracy, speech WER, text perplexity."""
     from contextlib import ExitStack
 
-    from .evaluate import MODES, evaluate
-    from .generate import load
+    from .runtime.evaluate import MODES, evaluate
+    from .runtime.generate import load
     from .progress import progress
     modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
     with ExitStack() as stack:
@@ -199,9 +199,9 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
 @friendly_errors
 def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
     """Export the embedded tiny Phi-4-multimodal and answer a text, an image and an audio prompt."""
-    from ..export import export_model
-    from ..models import EMBEDDED
-    from .generate import load
+    from .export import export_model
+    from .models import EMBEDDED
+    from .runtime.generate import load
     if not (EMBEDDED / "checkpoint" / "config.json").is_file():
         raise click.ClickException(f"the embedded model is missing from {EMBEDDED} (see models/train_embedded.py)")
     bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"
@@ -231,34 +231,33 @@ def inspect(bundle: str, no_verify: bool) -> None:
     from .bundle import open_bundle
     b = open_bundle(bundle, check=False)
     m = b.manifest
-    cfg = m["model"]["config"]
-    q = m["quantization"]
-    click.echo(f"bundle      {b.path}  ({m['format']} v{m['format_version']}, {m.get('created_by', '?')})")
-    click.echo(f"model       {m['model']['family']} {cfg['architecture']} from {m['model'].get('source')}")
-    click.echo(f"shape       {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, heads {cfg['num_heads']}/"
-               f"{cfg['num_kv_heads']} kv, head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']}")
-    click.echo(f"context     {cfg['max_position']} tokens, rope {cfg['rope_kind']} (rotary dim {cfg['rotary_dim']})")
-    quant = q["precision"] if q["precision"] == "fp32" else \
-        f"int4, block {q['block_size']}, accuracy level {q['accuracy_level']}, symmetric"
+    cfg, q = m.model.config, m.quantization
+    click.echo(f"bundle      {b.path}  ({m.format} v{m.format_version}, {m.created_by or '?'})")
+    click.echo(f"model       {m.model.family} {cfg.architecture} from {m.model.source}")
+    click.echo(f"shape       {cfg.num_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_heads}/"
+               f"{cfg.num_kv_heads} kv, head_dim {cfg.head_dim}, vocab {cfg.vocab_size}")
+    click.echo(f"context     {cfg.max_position} tokens, rope {cfg.rope_kind} (rotary dim {cfg.rotary_dim})")
+    quant = q.precision if q.precision == "fp32" else \
+        f"int4, block {q.block_size}, accuracy level {q.accuracy_level}, symmetric"
     click.echo(f"weights     {quant}")
-    click.echo(f"stop ids    {m['generation']['eos_token_ids']}")
-    if "vision" in m:
-        v = m["vision"]["config"]
-        click.echo(f"vision      {v['num_layers']} encoder layers, hidden {v['hidden_size']}, crop {v['crop_size']}, "
-                   f"image token {v['image_token_id']}")
-    lora = m["decoder"].get("lora")
+    click.echo(f"stop ids    {m.generation.eos_token_ids}")
+    if m.vision:
+        v = m.vision.config
+        click.echo(f"vision      {v.num_layers} encoder layers, hidden {v.hidden_size}, crop {v.crop_size}, "
+                   f"image token {v.image_token_id}")
+    lora = m.decoder.lora
     click.echo(f"lora        {f'{lora} inputs on every layer linear' if lora else 'not supported (no LoRA inputs)'}")
-    for name, a in m.get("adapters", {}).items():
-        click.echo(f"  adapter   {name}: rank {'/'.join(map(str, a['ranks']))}, alpha {a['alpha']:g}"
-                   f"{' (rsLoRA)' if a['rslora'] else ''}, {a['layers']} layers x {len(a['modules'])} modules, "
-                   f"{a['precision']}  <- {a['source']}")
+    for name, a in m.adapters.items():
+        click.echo(f"  adapter   {name}: rank {'/'.join(map(str, a.ranks))}, alpha {a.alpha:g}"
+                   f"{' (rsLoRA)' if a.rslora else ''}, {a.layers} layers x {len(a.modules)} modules, "
+                   f"{a.precision}  <- {a.source}")
     report = b.audit(hashes=not no_verify)
     click.echo("files" + (" (sizes checked; sha256 skipped)" if no_verify else " (sizes and sha256 checked)"))
-    for name, entry in m["files"].items():
+    for name, entry in m.files.items():
         status = "ok" if report[name] == "ok" else f"FAILED: {report[name]}"
-        click.echo(f"  {name:40s} {_size(entry['size']):>10s}  {entry['sha256'][:16]}  {status}")
+        click.echo(f"  {name:40s} {_size(entry.size):>10s}  {entry.sha256[:16]}  {status}")
     for name, problem in report.items():
-        if name not in m["files"]:
+        if name not in m.files:
             click.echo(f"  {name:40s} FAILED: {problem}")
     bad = [n for n, s in report.items() if s != "ok"]
     if bad:

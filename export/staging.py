@@ -23,14 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..models.errors import Phi4EdgeError
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256
-
-
-def file_table(root: Path) -> dict[str, dict]:
-    """Every file under root (except the manifest) with its size and sha256."""
-    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+from ..errors import Phi4EdgeError
+from ..format import FORMAT, MANIFEST
 
 
 def is_bundle(path: Path) -> bool:
@@ -104,7 +98,11 @@ def sigterm_as_exception() -> Iterator[None]:
 
 
 def remove_leftovers(out_dir: Path) -> None:
-    """Staging and replaced folders of earlier exports to this path that were killed (we hold the lock)."""
+    """Staging and replaced folders of exports to this path that did not finish (we hold the lock,
+    so no live export owns them). A replaced bundle whose successor never arrived is put back."""
+    for stale in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        if not out_dir.exists() and stale.is_dir() and not stale.is_symlink():
+            stale.rename(out_dir)
     for prefix in (f".{out_dir.name}.partial-", f".{out_dir.name}.old-"):
         for stale in out_dir.parent.glob(f"{prefix}*"):
             if stale.is_dir() and not stale.is_symlink():
@@ -119,26 +117,18 @@ def staging(out_dir: Path, force: bool = False, inputs: list[Path] = ()) -> Iter
     check_output(out_dir, list(inputs), force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out_dir), sigterm_as_exception():
-        check_output(out_dir, list(inputs), force)   # again: it may have changed while we waited
-        remove_leftovers(out_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)   # mkdtemp makes it private; the bundle should be like any new folder
         try:
+            check_output(out_dir, list(inputs), force)   # again: it may have changed while we waited
+            remove_leftovers(out_dir)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)   # mkdtemp makes it private; the bundle should be like any new folder
             yield tmp
             if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name[-8:]}")
-                out_dir.rename(old)
-                tmp.rename(out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(out_dir)
+                out_dir.rename(out_dir.with_name(f".{out_dir.name}.old-{tmp.name[-8:]}"))
+            tmp.rename(out_dir)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_manifest(root: Path, body: dict) -> dict:
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **body, "files": file_table(root)}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+            # whatever stopped us, even between mkdtemp and here: our staging folder goes, and a
+            # replaced bundle comes back if its successor is not in place
+            remove_leftovers(out_dir)

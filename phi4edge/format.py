@@ -1,0 +1,376 @@
+"""The bundle format: the contract between export and every runtime (Python, Kotlin, the browser).
+
+`manifest.json` as typed, versioned classes with reading, writing and validation, and the name of
+every graph input and output. Export writes through this module, runtimes read through it, and
+docs/bundle-format.md describes the same thing for people writing readers in other languages.
+
+Compatibility rules: a reader refuses a `format_version` it does not know and any name in
+`requires` it does not implement; it ignores fields it does not know (writers may add optional
+fields without a new version).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import BundleError
+
+FORMAT = "phi4edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FEATURES: frozenset[str] = frozenset()   # `requires` names this reader implements (none yet)
+MAX_MANIFEST_BYTES = 16 << 20            # a real manifest is a few KB; refuse to parse anything huge
+DYNAMIC_HD = 36                          # crop limit when a vision bundle does not record its own
+
+Precision = Literal["int4", "fp32"]
+AdapterPrecision = Literal["fp32", "fp16", "int8"]
+
+
+# --- graph interface names ---------------------------------------------------------------------
+
+class DecoderNames:
+    """Decoder graph inputs/outputs (onnxruntime-genai's spelling, so genai runs bundles as they are)."""
+
+    INPUT_IDS = "input_ids"              # int64 [1, seq]
+    ATTENTION_MASK = "attention_mask"    # int64 [1, past + seq], all ones
+    LOGITS = "logits"                    # float32 [1, 1, vocab]: the last position only
+
+    @staticmethod
+    def past(layer: int, kind: str) -> str:
+        """KV cache input, kind "key" or "value": float32 [1, kv_heads, past, head_dim]."""
+        return f"past_key_values.{layer}.{kind}"
+
+    @staticmethod
+    def present(layer: int, kind: str) -> str:
+        return f"present.{layer}.{kind}"
+
+    @staticmethod
+    def lora(layer: int, module: str, which: str) -> str:
+        """LoRA input `which` "A" [in, r] or "B" [r, out] of a layer linear (module "qkv_proj", ...);
+        int8 adapters add f"{name}.scale" inputs ([r] for A, [out] for B)."""
+        return f"lora.layers.{layer}.{module.split('.')[-1]}.{which}"
+
+
+class VisionNames:
+    PIXEL_VALUES = "pixel_values"        # float32 [crops, 3, crop, crop]: the global image first
+    POSITION_IDS = "position_ids"        # int64 [crops, patches]
+    ATTENTION_BIAS = "attention_bias"    # float32 [crops, 1, 1, patches]: 0 or float32 min
+    TOKEN_INDEX = "token_index"          # int64 [tokens]: rows of the HD layout
+    IMAGE_FEATURES = "image_features"    # float32 [tokens, text_hidden]; also the decoder's media input
+
+
+class SpeechNames:
+    AUDIO_FEATURES = "audio_features"              # float32 [1, frames, 80] log-mel
+    KEY_BIAS = "key_bias"                          # float32 [chunks, 1, 1, chunk_len]
+    SPEECH_FEATURES = "speech_features"            # float32 [tokens, text_hidden]: audio alone
+    VISION_SPEECH_FEATURES = "vision_speech_features"   # the same, for requests that also have an image
+    DECODER_INPUT = "audio_features"               # the decoder's media input for either
+
+
+# --- adapter files -----------------------------------------------------------------------------
+
+ADAPTER_FORMAT_VERSION = 1   # onnxruntime adapter_version written into .onnx_adapter files
+
+
+def base_model_version(base_id: str) -> int:
+    """The base model id as the int an .onnx_adapter file keeps in model_version (28 bits): a
+    runtime refuses an adapter whose model_version differs from its bundle's."""
+    return int(base_id[:7], 16) if base_id else 0
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The language model's shape and tokens, as export read them from config.json."""
+
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_position: int
+    tie_word_embeddings: bool
+    rope_kind: Literal["default", "longrope"]
+    rotary_dim: int
+    model_type: str = "phi3"
+    original_max_position: int = 0       # LongRoPE: long factors apply past this length
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    pad_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    config: ModelConfig
+    family: str = "phi3"
+    source: str = ""                     # the checkpoint folder's name
+    base_id: str = ""                    # sha256 identity of the base weights; adapters record it
+
+
+@dataclass(frozen=True)
+class Quantization:
+    precision: Precision
+    bits: int | None = None              # int4 only, from here down
+    block_size: int | None = None
+    accuracy_level: int | None = None
+    symmetric: bool | None = None
+    tied_embeddings: str | None = None   # note on how a tied embedding/head is stored
+
+
+@dataclass(frozen=True)
+class Decoder:
+    graph: str
+    lora: AdapterPrecision | None = None   # LoRA inputs on every layer linear, in this precision
+    media: dict[str, int] = field(default_factory=dict)   # feature input -> placeholder token id
+    inputs: str = "input_ids"
+    logits: Literal["last_position"] = "last_position"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    file: str
+    precision: AdapterPrecision
+    ranks: list[int]
+    alpha: float
+    rslora: bool
+    modules: list[str]
+    layers: int
+    source: str = ""
+    base_model: str = ""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    patch_size: int
+    image_size: int
+    crop_size: int
+    layer_norm_eps: float
+    image_token_id: int
+    text_hidden_size: int
+
+
+@dataclass(frozen=True)
+class Vision:
+    graph: str
+    config: VisionConfig
+    dynamic_hd: int = DYNAMIC_HD         # most crops per image
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    hidden_size: int
+    num_heads: int
+    num_blocks: int
+    input_size: int
+    kernel_size: int
+    bias_max_distance: int
+    time_reduction: int
+    audio_token_id: int
+    text_hidden_size: int
+    layer_norm_eps: float
+
+
+@dataclass(frozen=True)
+class Speech:
+    graph: str
+    config: SpeechConfig
+
+
+@dataclass(frozen=True)
+class Generation:
+    eos_token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: Model
+    quantization: Quantization
+    decoder: Decoder
+    generation: Generation
+    files: dict[str, FileEntry]
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    vision: Vision | None = None
+    speech: Speech | None = None
+    created_by: str = ""
+    requires: list[str] = field(default_factory=list)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if not (v is None or (k == "requires" and not v))}
+
+    def write(self, folder: Path) -> None:
+        (Path(folder) / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        return set(self.generation.eos_token_ids)
+
+    @staticmethod
+    def from_json(doc: object, source: str = MANIFEST) -> "Manifest":
+        """Check and type a parsed manifest; one BundleError names the first bad field."""
+        if not isinstance(doc, dict):
+            raise BundleError(f"{source}: the manifest must be a JSON object")
+        if doc.get("format") != FORMAT:
+            raise BundleError(f"{source}: field 'format' is {_short(doc.get('format'))}, not {FORMAT!r}: "
+                              "not a phi4edge bundle manifest")
+        version = doc.get("format_version")
+        if not _is_int(version) or version != FORMAT_VERSION:
+            newer = _is_int(version) and version > FORMAT_VERSION
+            raise BundleError(f"{source}: field 'format_version' is {_short(version)}; this phi4edge reads version "
+                              f"{FORMAT_VERSION}" + (" (upgrade phi4edge to read newer bundles)" if newer else ""))
+        unknown = [r for r in doc.get("requires", []) if r not in FEATURES] if isinstance(doc.get("requires"), list) else []
+        if unknown:
+            raise BundleError(f"{source}: field 'requires' lists {_short(unknown[0])}, which this phi4edge does not "
+                              "implement (upgrade phi4edge)")
+        manifest = _read(Manifest, doc, "", source)
+        _check_values(manifest, source)
+        return manifest
+
+    @staticmethod
+    def read(folder: Path) -> "Manifest":
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise BundleError(f"{folder}: not a phi4edge bundle (no manifest.json); create one with 'phi4edge export'")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes is too large for a manifest")
+        try:
+            doc = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise BundleError(f"{path}: not valid JSON ({e})") from None
+        return Manifest.from_json(doc, str(path))
+
+
+# --- typed reading -------------------------------------------------------------------------------
+
+def esc(text: str) -> str:
+    """A name from a manifest, safe in a one-line message (control characters escaped)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def _short(value: object) -> str:
+    text = esc(json.dumps(value)) if not isinstance(value, str) else repr(esc(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_HINTS: dict[type, dict[str, object]] = {}
+
+
+def _hints(cls: type) -> dict[str, object]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _describe(tp: object) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return "an object"
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))   # type: ignore[call-overload]
+
+
+def _read(tp: object, value: object, where: str, source: str) -> object:
+    """`value` as type `tp`, or a BundleError naming `where`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def wrong() -> BundleError:
+        return BundleError(f"{source}: field '{esc(where)}' is {_short(value)}, expected {_describe(tp)}")
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _read(inner[0], value, where, source) if len(inner) == 1 else _first(inner, value, where, source, wrong)
+    if origin is Literal:
+        if value not in args or isinstance(value, bool):
+            raise wrong()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise wrong()
+        return [_read(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong()
+        return {k: _read(args[1], v, f"{where}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong()
+        hints, kwargs = _hints(tp), {}   # type: ignore[arg-type]
+        for f in dataclasses.fields(tp):
+            path = f"{where}.{f.name}" if where else f.name
+            if f.name in value:
+                kwargs[f.name] = _read(hints[f.name], value[f.name], path, source)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise BundleError(f"{source}: required field '{esc(path)}' is missing")
+        return tp(**kwargs)   # type: ignore[operator]
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise wrong()
+        return float(value)
+    if tp is int:
+        if not _is_int(value):
+            raise wrong()
+        return value
+    if not isinstance(value, tp):   # type: ignore[arg-type]
+        raise wrong()
+    return value
+
+
+def _first(options: list, value: object, where: str, source: str, wrong) -> object:
+    for option in options:
+        try:
+            return _read(option, value, where, source)
+        except BundleError:
+            continue
+    raise wrong()
+
+
+def _check_values(m: Manifest, source: str) -> None:
+    """Ranges the types alone do not say."""
+    positive = {"model.config.hidden_size": m.model.config.hidden_size, "model.config.num_layers": m.model.config.num_layers,
+                "model.config.num_heads": m.model.config.num_heads, "model.config.num_kv_heads": m.model.config.num_kv_heads,
+                "model.config.head_dim": m.model.config.head_dim, "model.config.vocab_size": m.model.config.vocab_size,
+                "model.config.max_position": m.model.config.max_position}
+    if m.vision:
+        positive |= {"vision.dynamic_hd": m.vision.dynamic_hd, "vision.config.crop_size": m.vision.config.crop_size,
+                     "vision.config.patch_size": m.vision.config.patch_size}
+    for name, entry in m.files.items():
+        positive[f"files.{name}.size"] = entry.size + 1   # zero-byte files are fine
+    for where, value in positive.items():
+        if value <= 0:
+            raise BundleError(f"{source}: field '{esc(where)}' must be positive")
+    if m.quantization.precision == "int4" and not (m.quantization.block_size and m.quantization.bits):
+        raise BundleError(f"{source}: field 'quantization' of an int4 bundle needs bits and block_size")
