@@ -28,15 +28,10 @@ from phi4edge.runtime.generate import Model, load  # noqa: E402
 def lora_delta_error(fp32: Model, other: Model, prompt_len: int = 64) -> float:
     """How far another precision's adapter effect (logits with the adapter minus without) is from
     fp32's, relative to the effect's size; both bundles share the same int4 base weights."""
-    ids = (np.arange(prompt_len) % 97 + 10).astype(np.int64)
+    ids = (np.arange(prompt_len) % 97 + 10).tolist()
     deltas = []
     for model in (fp32, other):
-        dec, logits = model.decoder, []
-        for name in (None, "speech"):
-            dec.reserve(prompt_len + 1)
-            dec.use_adapter(name)
-            logits.append(dec.forward(ids).copy())
-        dec.use_adapter(None)
+        logits = [model.score(ids, [], adapter=name)[0] for name in (None, "speech")]
         deltas.append(logits[1] - logits[0])
     return float(np.abs(deltas[1] - deltas[0]).max() / np.abs(deltas[0]).max())
 
@@ -65,10 +60,10 @@ def main() -> None:
 
     # first use of an adapter: the file is read (memory-mapped) and its tensors bound
     start = time.perf_counter()
-    models["lora-fp32"].decoder.use_adapter("speech")
+    models["lora-fp32"].load_adapter("speech")
     first_load_ms = (time.perf_counter() - start) * 1e3
-    models["lora-fp16"].decoder.use_adapter("speech")
-    models["lora-int8"].decoder.use_adapter("speech")
+    models["lora-fp16"].load_adapter("speech")
+    models["lora-int8"].load_adapter("speech")
     int8_error = lora_delta_error(models["lora-fp32"], models["lora-int8"])
 
     runs = {

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 
 def main() -> None:

@@ -20,9 +20,12 @@ from pathlib import Path
 WORKER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import phi4edge.runtime.generate as g
+try:
+    from phi4edge import load
+except ImportError:   # trees from before phi4edge.load
+    from phi4edge.runtime.generate import load
 from phi4edge.runtime.benchmark import decode_tokens_per_s
-model = g.load(sys.argv[2], threads=int(sys.argv[3]) or None)
+model = load(sys.argv[2], threads=int(sys.argv[3]) or None)
 decode_tokens_per_s(model, 8)   # warm-up
 print(json.dumps([decode_tokens_per_s(model, int(sys.argv[4])) for _ in range(3)]))
 """
@@ -32,7 +35,11 @@ def package_root(tree: Path, where: Path) -> Path:
     """A folder holding `phi4edge/` whose subpackages are the tree's top-level folders."""
     pkg = where / "phi4edge"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
+    core = tree.resolve() / "phi4edge"   # the package's own files, in trees that have the folder
+    for f in core.glob("*.py") if core.is_dir() else []:
+        (pkg / f.name).symlink_to(f)
+    if not (pkg / "__init__.py").exists():
+        (pkg / "__init__.py").write_text("")
     for sub in ("export", "runtime", "models", "quant"):
         (pkg / sub).symlink_to(tree.resolve() / sub)
     return where

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime_genai as og
 
 from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 
 def genai_decode_tokens_per_s(model: og.Model, new_tokens: int, prompt_len: int = 16) -> float:

@@ -34,7 +34,7 @@ from peer_genai import genai_decode_tokens_per_s  # noqa: E402
 
 from phi4edge.export import export_model  # noqa: E402
 from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved  # noqa: E402
-from phi4edge.runtime.generate import load  # noqa: E402
+from phi4edge import load  # noqa: E402
 
 # The minimal stand-in for the checkpoint's remote code: just what the builder reads (config class
 # with model_type phi4mm; a causal LM whose four layer linears are PEFT LoRA layers named "vision"
@@ -125,8 +125,7 @@ def main() -> None:
                  "phi4edge int8 LoRA + vision": lambda: decode_tokens_per_s(int8, a.tokens, adapter="vision")}
     for model in bundles:
         for name in ("speech", "vision"):
-            model.decoder.use_adapter(name)   # first use maps and binds the file: keep it out of the timings
-        model.decoder.use_adapter(None)
+            model.load_adapter(name)   # first use maps the file: keep it out of the timings
     samples = interleaved(runs, a.repeats)
 
     def ratio(x: str, y: str) -> float:   # median of per-round ratios: each round ran both back to back

@@ -103,7 +103,7 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
         threads: int | None, providers: tuple[str, ...], adapter: str | None, images: tuple[str, ...],
         audios: tuple[str, ...], as_json: bool, verify: bool) -> None:
     """Generate an answer to one prompt."""
-    from .runtime.generate import load
+    from . import load
     from .runtime.sampling import SamplingParams
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
@@ -142,7 +142,7 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
               chart: str | None) -> None:
     """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders."""
     from .runtime.benchmark import bench
-    from .runtime.generate import load
+    from . import load
     result = bench(load(bundle, threads=threads), new_tokens=new_tokens, repeats=repeats)
     if chart:
         from .runtime.chart import bench_chart
@@ -172,7 +172,7 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
     from contextlib import ExitStack
 
     from .runtime.evaluate import MODES, evaluate
-    from .runtime.generate import load
+    from . import load
     from .progress import progress
     modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
     with ExitStack() as stack:
@@ -201,7 +201,7 @@ def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
     """Export the embedded tiny Phi-4-multimodal and answer a text, an image and an audio prompt."""
     from .export import export_model
     from .models import EMBEDDED
-    from .runtime.generate import load
+    from . import load
     if not (EMBEDDED / "checkpoint" / "config.json").is_file():
         raise click.ClickException(f"the embedded model is missing from {EMBEDDED} (see models/train_embedded.py)")
     bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"

@@ -8,20 +8,15 @@ import time
 import numpy as np
 
 from .generate import Model
-from .sampling import SamplingParams
 
 
 def decode_tokens_per_s(model: Model, new_tokens: int = 64, prompt_len: int = 16, adapter: str | None = None) -> float:
     """One greedy generation of exactly `new_tokens` (end tokens ignored); decode tokens per second."""
     prompt = (np.arange(prompt_len) % 97 + 10).tolist()
-    stop, model.eos_token_ids = model.eos_token_ids, set()
-    try:
-        timings: dict = {}
-        for _ in model.stream(prompt, new_tokens, SamplingParams(), timings, adapter):
-            pass
-    finally:
-        model.eos_token_ids = stop
-    return timings["decode_tokens_per_s"]
+    request: dict = {}
+    for _ in model.stream(prompt, new_tokens, adapter=adapter, stop_token_ids=set(), request=request):
+        pass
+    return request["timings"]["decode_tokens_per_s"]
 
 
 def interleaved(runs: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -85,10 +80,10 @@ def decode_bytes_per_token(bundle) -> int:
 
 def prefill_tokens_per_s(model: Model, length: int) -> float:
     prompt = (np.arange(length) % 97 + 10).tolist()
-    timings: dict = {}
-    for _ in model.stream(prompt, 1, SamplingParams(), timings):
+    request: dict = {}
+    for _ in model.stream(prompt, 1, request=request):
         pass
-    return length / (timings["prefill_ms"] / 1e3)
+    return length / (request["timings"]["prefill_ms"] / 1e3)
 
 
 def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, repeats: int = 3) -> dict:
@@ -140,7 +135,8 @@ def _median_ms(fn, repeats: int) -> float:
 
 def _ttft_ms(model: Model, length: int = 128) -> float:
     start = time.perf_counter()
-    next(iter(model.stream((np.arange(length) % 97 + 10).tolist(), 1, SamplingParams())))
+    for _ in model.stream((np.arange(length) % 97 + 10).tolist(), 1):
+        pass
     return (time.perf_counter() - start) * 1e3
 
 

@@ -17,7 +17,7 @@ import jiwer
 import numpy as np
 
 from ..errors import BundleError
-from .generate import NO_ADAPTER, Model
+from .generate import NO_ADAPTER, Model, logprob
 
 MODES = ("routed", "none", "swapped")   # adapter per request: as routed, base model, the other one
 SWAP = {"image": "speech", "speech": "vision"}
@@ -63,19 +63,13 @@ def answers(model: Model, kind: str, items: list[dict], mode: str, tick: Callabl
 def perplexity(model: Model, items: list[dict], tick: Callable[[], None]) -> float:
     """exp(mean negative log-likelihood) of each answer (and its end token) after its chat prompt,
     with the base model, teacher-forced one token at a time (the graph returns last-position logits)."""
-    end = model.tokenizer.tokenizer.token_to_id("<|end|>")
+    end = model.tokenizer.token_id("<|end|>")
     nll, count = 0.0, 0
-    model.decoder.use_adapter(None)
     for item in items:
-        prompt = model.encode(item["prompt"])
-        target = model.tokenizer.tokenizer.encode(item["answer"], add_special_tokens=False).ids + [end]
-        model.decoder.reserve(len(prompt) + len(target))
-        logits = model.decoder.forward(np.asarray(prompt, np.int64))
-        for token in target:
-            shifted = logits.astype(np.float64) - logits.max()
-            nll -= shifted[token] - math.log(np.exp(shifted).sum())
+        target = model.tokenizer.encode_text(item["answer"]) + [end]
+        for row, token in zip(model.score(model.encode(item["prompt"]), target), target):
+            nll -= logprob(row, token)
             count += 1
-            logits = model.decoder.forward(np.asarray([token], np.int64))
         tick()
     return math.exp(nll / max(count, 1))
 

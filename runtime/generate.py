@@ -1,6 +1,7 @@
 """Prompt in, tokens out: prefill, then decode one token at a time, streaming text as it comes."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,16 @@ from ..format import SpeechNames, VisionNames
 # this many characters per context token cannot fit and is refused before tokenising it.
 MAX_CHARS_PER_TOKEN = 64
 NO_ADAPTER = "none"   # generate(adapter=NO_ADAPTER): the base model even for image/audio requests
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token, as `Model.stream` yields it."""
+
+    token_id: int
+    text: str                          # text this token completes ("" inside a multi-byte character)
+    logprob: float                     # log-probability under the model (before temperature/top-k/top-p)
+    finish_reason: str | None = None   # on the last step: "stop" (an end token) or "length"
 
 
 @dataclass
@@ -143,6 +154,16 @@ class Model:
     def adapters(self) -> list[str]:
         return self.decoder.adapters.names
 
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Adapters whose files have been mapped so far (each is loaded on first use)."""
+        return self.decoder.adapters.loaded
+
+    def load_adapter(self, name: str) -> None:
+        """Map and check an adapter's file now rather than at its first request."""
+        with self.lock:
+            self.decoder.adapters.load(name)
+
     def add_adapter(self, name: str, path: str | Path) -> None:
         """Register an .onnx_adapter file from outside the bundle (checked against this base at first use)."""
         self.decoder.adapters.add(name, path)
@@ -174,15 +195,6 @@ class Model:
                                    f"{rows} rows of {kind} features were given")
         return ids
 
-    def stream(self, prompt_ids: list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
-               timings: dict | None = None, adapter: str | None = None,
-               media: dict[str, np.ndarray] | None = None) -> Iterator[int]:
-        """Yield generated token ids (the end token included, as transformers does), with the
-        LoRA `adapter` active (None: the base model) and `media` features for the prompt's
-        image/audio placeholder tokens. Holds the model's lock until the stream ends or is closed."""
-        with self.lock:
-            yield from self._stream(self.check_prompt(prompt_ids, media), max_new_tokens, sampling, timings, adapter, media)
-
     def _logits(self, ids: np.ndarray, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
         logits = self.decoder.forward(ids, media)
         if not np.isfinite(logits.max()):   # one pass over the row: NaN or +inf anywhere shows here
@@ -190,8 +202,9 @@ class Model:
                               "corrupt or the graph is broken (check with 'phi4edge inspect')")
         return logits
 
-    def _stream(self, prompt: np.ndarray, max_new_tokens: int, sampling: SamplingParams, timings: dict | None,
-                adapter: str | None, media: dict[str, np.ndarray] | None) -> Iterator[int]:
+    def _tokens(self, prompt: np.ndarray, max_new_tokens: int, sampling: SamplingParams, timings: dict,
+                adapter: str | None, media: dict[str, np.ndarray] | None, stop: set[int]) -> Iterator[tuple[int, float]]:
+        """(token id, log-probability) pairs, the end token included (as transformers does)."""
         n = len(prompt)
         if n >= self.context_length:
             raise RequestError(f"the prompt is {n} tokens; this model's context is {self.context_length} "
@@ -207,15 +220,14 @@ class Model:
         token = np.zeros(1, np.int64)
         token[0] = sample(logits)
         first = time.perf_counter()
-        if timings is not None:
-            timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n)
+        timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n)
         sequence = prompt.tolist()
         generated = 0
         while True:
             generated += 1
             sequence.append(int(token[0]))
-            yield int(token[0])
-            if int(token[0]) in self.eos_token_ids or generated >= budget:
+            yield int(token[0]), logprob(logits, int(token[0]))
+            if int(token[0]) in stop or generated >= budget:
                 break
             if self.decoder.length == self.rope_switch:
                 self.decoder.reset()
@@ -223,10 +235,9 @@ class Model:
             else:
                 logits = self._logits(token)
             token[0] = sample(logits)
-        if timings is not None:
-            decode_s = time.perf_counter() - first
-            timings.update(decode_tokens=generated - 1,
-                           decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else None)
+        decode_s = time.perf_counter() - first
+        timings.update(decode_tokens=generated - 1,
+                       decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else None)
 
     def score(self, prompt_ids: list[int], continuation: list[int], adapter: str | None = None,
               media: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -248,25 +259,38 @@ class Model:
                     rows.append(self._logits(np.asarray([token], np.int64)).copy())
             return np.stack(rows[:max(len(rest), 1)])
 
-    def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
-                 chat_template: bool = True, system: str | None = None, adapter: str | None = None,
-                 images: list = (), audios: list = (),
-                 on_text: Callable[[str], None] | None = None) -> GenerationResult:
-        """Answer one prompt. `images` (paths, bytes, PIL images) and `audios` (paths, bytes, 16 kHz
-        waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
-        Routing, unless `adapter` names one (or is NO_ADAPTER, "none": the base model): images ->
-        the `vision` adapter (audio then through the vision_speech projection); audio alone -> the
-        `speech` adapter; text -> none. Text is never parsed for control tokens: pass ids for that."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+               chat_template: bool = True, system: str | None = None, adapter: str | None = None,
+               images: list = (), audios: list = (), stop_token_ids: set[int] | None = None,
+               request: dict | None = None) -> Iterator[Step]:
+        """Answer one prompt step by step (see `generate` for the arguments). `stop_token_ids`
+        replaces the bundle's end ids (an empty set: run to max_new_tokens). `request`, if given, is
+        filled with prompt_token_ids, adapter and timings. Holds the model's lock until the stream
+        ends or is closed."""
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(sampling, SamplingParams):
             raise RequestError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
+        stop = self.eos_token_ids if stop_token_ids is None else set(stop_token_ids)
+        info = request if request is not None else {}
         with self.lock:
-            return self._generate(prompt, max_new_tokens, sampling, chat_template, system, adapter,
-                                  list(images), list(audios), on_text)
+            prompt_ids, adapter, media = self._prepare(prompt, chat_template, system, adapter, list(images),
+                                                       list(audios), info.setdefault("timings", {}))
+            ids = self.check_prompt(prompt_ids, media)
+            info.update(prompt_token_ids=ids.tolist(), adapter=adapter)
+            text = self.tokenizer.stream()
+            pending = None
+            for token, lp in self._tokens(ids, max_new_tokens, sampling, info["timings"], adapter, media, stop):
+                if pending is not None:
+                    yield pending
+                pending = Step(token, text.step(token), lp)
+            if pending is not None:
+                yield Step(pending.token_id, pending.text, pending.logprob,
+                           "stop" if pending.token_id in stop else "length")
 
-    def _generate(self, prompt, max_new_tokens, sampling, chat_template, system, adapter, images, audios,
-                  on_text) -> GenerationResult:
+    def _prepare(self, prompt, chat_template: bool, system: str | None, adapter: str | None, images: list,
+                 audios: list, timings: dict) -> tuple[list[int], str | None, dict[str, np.ndarray] | None]:
+        """Prompt ids, the adapter to run (routed by modality unless named) and the media features."""
         prepared = [self.prepare_image(i) for i in images]
         mels = [self.prepare_audio(a) for a in audios]
         if isinstance(prompt, str):
@@ -275,7 +299,6 @@ class Model:
             raise RequestError(f"the prompt must be text (str) or a list of token ids, not {type(prompt).__name__}")
         else:
             prompt_ids = list(prompt)
-        timings: dict = {}
         media = {}
         if prepared:
             start = time.perf_counter()
@@ -290,17 +313,36 @@ class Model:
             adapter = wanted if wanted in self.adapters else None
         elif adapter == NO_ADAPTER:
             adapter = None
-        text_stream = self.tokenizer.stream()
-        ids: list[int] = []
-        for token in self.stream(prompt_ids, max_new_tokens, sampling, timings, adapter, media or None):
-            ids.append(token)
-            if on_text is not None and (piece := text_stream.step(token)):
-                on_text(piece)
-        finish = "stop" if ids and ids[-1] in self.eos_token_ids else "length"
-        return GenerationResult(self.tokenizer.decode(ids), ids, prompt_ids, finish, timings, adapter)
+        return prompt_ids, adapter, media or None
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+                 chat_template: bool = True, system: str | None = None, adapter: str | None = None,
+                 images: list = (), audios: list = (), on_text: Callable[[str], None] | None = None,
+                 stop_token_ids: set[int] | None = None) -> GenerationResult:
+        """Answer one prompt. `images` (paths, bytes, PIL images) and `audios` (paths, bytes, 16 kHz
+        waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
+        Routing, unless `adapter` names one (or is NO_ADAPTER, "none": the base model): images ->
+        the `vision` adapter (audio then through the vision_speech projection); audio alone -> the
+        `speech` adapter; text -> none. Text is never parsed for control tokens: pass ids for that."""
+        request: dict = {}
+        steps = []
+        for step in self.stream(prompt, max_new_tokens, sampling, chat_template, system, adapter, images, audios,
+                                stop_token_ids, request):
+            steps.append(step)
+            if on_text is not None and step.text:
+                on_text(step.text)
+        ids = [s.token_id for s in steps]
+        return GenerationResult(self.tokenizer.decode(ids), ids, request["prompt_token_ids"],
+                                steps[-1].finish_reason or "length", request["timings"], request["adapter"])
 
 
-def load(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None,
-         verify: bool = False) -> Model:
-    """Open a bundle (checking its files; their sha256 too with `verify`) and load its decoder."""
-    return Model(bundle, threads, providers, verify)
+def logprob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token], in float64 (one pass over the vocabulary: ~0.2 ms at 200K)."""
+    top = float(logits.max())
+    return float(logits[token]) - top - math.log(float(np.exp(logits - top, dtype=np.float64).sum()))
+
+
+def logprob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token], in float64 (one pass over the vocabulary: ~0.2 ms at 200K)."""
+    top = float(logits.max())
+    return float(logits[token]) - top - math.log(float(np.exp(logits - top, dtype=np.float64).sum()))

@@ -101,6 +101,13 @@ class ChatTokenizer:
             raise BundleError(f"{self.template_source}: the chat template rendered {len(text)} characters")
         return text
 
+    def token_id(self, token: str) -> int:
+        """The id of a token of the vocabulary (a special token such as "<|end|>" included)."""
+        found = self.tokenizer.token_to_id(token)
+        if found is None:
+            raise BundleError(f"the tokenizer has no token {token!r}")
+        return found
+
     def encode_text(self, text: str) -> list[int]:
         """Plain text: special-token strings in it stay text."""
         return self.plain.encode(text, add_special_tokens=False).ids

@@ -16,7 +16,7 @@ from phi4edge.export import export_model
 from phi4edge.errors import BundleError, CheckpointError
 from phi4edge.models.lora import save_peft_adapter
 from phi4edge.cli import main
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 from .checkpoints import load_reference, make_phi3, peft_model, phi3_config
 from .compare import assert_greedy_matches, hf_greedy, margins
@@ -66,9 +66,7 @@ def test_onnxruntime_lora_adapter_reads_our_files(two_adapters):
     _, _, bundle = two_adapters
     model = load(bundle)
     ids = np.asarray(model.encode("Count from two."), np.int64)
-    model.decoder.use_adapter("style")
-    model.decoder.reserve(len(ids))
-    ours = model.decoder.forward(ids).copy()
+    ours = model.score(ids.tolist(), [], adapter="style")[0]
     sess = ort.InferenceSession(str(bundle / "decoder.onnx"), providers=["CPUExecutionProvider"])
     adapter = ort.LoraAdapter()
     adapter.Load(str(bundle / "adapters" / "style.onnx_adapter"))
@@ -239,9 +237,9 @@ def test_adapter_files_are_mapped_lazily_and_read_like_onnxruntime(two_adapters,
         assert not arr.flags.writeable and not arr.flags.owndata   # a view of the mapped file
         np.testing.assert_array_equal(arr, expected[name].numpy())
     model = load(bundle)
-    assert model.decoder.adapters.loaded == []
+    assert model.loaded_adapters == []
     model.generate("Count from two.", max_new_tokens=2, adapter="terse")
-    assert model.decoder.adapters.loaded == ["terse"]
+    assert model.loaded_adapters == ["terse"]
     bad = tmp_path / "bad.onnx_adapter"
     bad.write_bytes(b"\x00" * 64)
     model.add_adapter("bad", bad)

@@ -28,7 +28,7 @@ def test_bench_text_bundle(bundles, tmp_path):
 
 def test_bench_multimodal_bundle_with_adapters(mm_with_adapters):
     from phi4edge.runtime.benchmark import bench
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     _, bundle = mm_with_adapters
     data = bench(load(bundle), prompt_lengths=(16,), new_tokens=4, repeats=1)
     assert data["adapter"]["name"] == "speech" and data["adapter"]["switch_latency_ms"] < 5

@@ -13,7 +13,7 @@ from phi4edge.export.graph import Graph, WeightFile
 from phi4edge.models.checkpoint import Checkpoint
 from phi4edge.models.config import load_config
 from phi4edge.models.phi3 import Phi3Weights
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 from .checkpoints import load_reference
 

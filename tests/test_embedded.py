@@ -12,7 +12,7 @@ from phi4edge.export import export_model
 from phi4edge.models import EMBEDDED
 from phi4edge.cli import main
 from phi4edge.runtime.evaluate import evaluate
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 
 

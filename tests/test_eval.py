@@ -15,7 +15,8 @@ from PIL import Image
 from phi4edge.errors import BundleError
 from phi4edge.cli import main
 from phi4edge.runtime.evaluate import evaluate, read_set
-from phi4edge.runtime.generate import NO_ADAPTER, Model, load
+from phi4edge import load
+from phi4edge.runtime.generate import NO_ADAPTER, Model
 
 TEXT = [{"prompt": "Count from two.", "answer": "two three four"}, {"prompt": "Say hi.", "answer": "hi"}]
 
@@ -72,12 +73,12 @@ def test_perplexity_matches_transformers(mm_with_adapters, eval_set):
     pm, bundle = mm_with_adapters
     model = load(bundle)
     ours = evaluate(model, eval_set, ())["text_perplexity"]
-    end = model.tokenizer.tokenizer.token_to_id("<|end|>")
+    end = model.tokenizer.token_id("<|end|>")
     nll, count = 0.0, 0
     with pm.disable_adapter(), torch.no_grad():
         for item in TEXT:
             prompt = model.encode(item["prompt"])
-            target = model.tokenizer.tokenizer.encode(item["answer"], add_special_tokens=False).ids + [end]
+            target = model.tokenizer.encode_text(item["answer"]) + [end]
             logits = pm(input_ids=torch.tensor([prompt + target])).logits[0].double()
             logp = torch.log_softmax(logits[len(prompt) - 1:-1], -1)
             nll -= logp[torch.arange(len(target)), torch.tensor(target)].sum().item()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from phi4edge.errors import Phi4EdgeError
 from phi4edge.bundle import open_bundle
-from phi4edge.runtime.generate import load
+from phi4edge import load
 from phi4edge.runtime.tokenizer import ChatTokenizer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
@@ -123,8 +123,8 @@ def test_fuzz_adapter_files(bundle_copy, tmp_path):
             i = data.draw(st.integers(0, 256))
             blob[i:i + 8] = data.draw(st.binary(min_size=8, max_size=8))
         path.write_bytes(bytes(blob))
-        model.decoder.adapters.add("x", path)
-        tally(counts, lambda: model.decoder.adapters.load("x"))
+        model.add_adapter("x", path)
+        tally(counts, lambda: model.load_adapter("x"))
     case()
     print(f"\nadapter-file fuzz: {sum(counts.values())} cases, {counts}")
 

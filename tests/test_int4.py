@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 from .checkpoints import WORDS
 from .compare import margins

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from phi4edge.errors import BundleError, RequestError
 from phi4edge.cli import main
-from phi4edge.runtime.generate import load
+from phi4edge import load
 from phi4edge.runtime.sampling import SamplingParams
 
 from .conftest import PYTHON
@@ -29,18 +29,17 @@ def test_prompt_longer_than_context_is_refused(bundles):
 
 def test_answer_is_cut_at_the_context_end(bundles):
     model = load(bundles["phi3mini", "fp32"])
-    model.eos_token_ids = set()
-    result = model.generate(list(np.arange(4090) % 390 + 5), max_new_tokens=50)
+    result = model.generate(list(np.arange(4090) % 390 + 5), max_new_tokens=50, stop_token_ids=set())
     assert len(result.token_ids) == 6 and result.finish_reason == "length"
 
 
 def test_ids_beyond_the_tokenizer_do_not_break_decoding(bundles):
     """The model's vocabulary (1031) is larger than its tokenizer's (400), as with Phi-4's padding."""
     model = load(bundles["phi4mini", "fp32"])
-    model.eos_token_ids = set()
     pieces = []
     hot = SamplingParams(temperature=50.0, seed=0)   # near-uniform: most draws land past id 400
-    result = model.generate(list(range(20, 60)), max_new_tokens=40, sampling=hot, on_text=pieces.append)
+    result = model.generate(list(range(20, 60)), max_new_tokens=40, sampling=hot, on_text=pieces.append,
+                            stop_token_ids=set())
     assert any(t >= model.tokenizer.vocab_size for t in result.token_ids)
     assert "".join(pieces) == result.text
 
@@ -48,8 +47,7 @@ def test_ids_beyond_the_tokenizer_do_not_break_decoding(bundles):
 def test_stops_on_an_end_token(bundles):
     model = load(bundles["phi4mini", "fp32"])
     free = model.generate(list(range(20, 60)), max_new_tokens=10).token_ids
-    model.eos_token_ids = {free[2]}
-    result = model.generate(list(range(20, 60)), max_new_tokens=10)
+    result = model.generate(list(range(20, 60)), max_new_tokens=10, stop_token_ids={free[2]})
     assert result.token_ids == free[:free.index(free[2]) + 1] and result.finish_reason == "stop"
 
 
@@ -101,7 +99,7 @@ def test_runtime_runs_without_torch(bundles):
     """The runtime must import and generate with torch and transformers unavailable."""
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "from phi4edge.runtime.generate import load\n"
+        "from phi4edge import load\n"
         f"r = load({str(bundles['phi4mini', 'int4'])!r}).generate('hi', max_new_tokens=3)\n"
         "assert len(r.token_ids) >= 1 and 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')\n")

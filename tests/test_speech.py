@@ -47,7 +47,7 @@ def _check_reference(pm, adapter: str, result, **media) -> None:
 
 
 def test_audio_prompt_greedy_matches_transformers_with_speech_adapter(mm_with_adapters):
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     pm, bundle = mm_with_adapters
     model = load(bundle)
     for seconds in (0.7, 2.5):
@@ -64,7 +64,7 @@ def test_image_and_audio_prompt_uses_vision_adapter_and_vision_speech_projection
     from PIL import Image
     from transformers import Phi4MultimodalImageProcessor
 
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     from phi4edge.runtime.image import PreparedImage, preprocess
     pm, bundle = mm_with_adapters
     model = load(bundle)
@@ -105,7 +105,7 @@ def test_cli_audio_option_at_48k_stereo(mm_with_adapters, tmp_path):
 
 
 def test_int4_bundle_answers_an_audio_prompt(mm_with_adapters, tmp_path):
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     _, fp32_bundle = mm_with_adapters
     int4 = load(export_model(fp32_bundle.parent / "native", tmp_path / "int4", show_progress=False))
     fp32 = load(fp32_bundle)
@@ -119,7 +119,7 @@ def test_int4_bundle_answers_an_audio_prompt(mm_with_adapters, tmp_path):
 
 
 def test_short_clip_and_silence_end_to_end(mm_with_adapters):
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     _, bundle = mm_with_adapters
     model = load(bundle)
     for wave in (_wave(0.05, 1), np.zeros(16000, np.float32)):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from phi4edge.runtime.generate import load
+from phi4edge import load
 
 from .checkpoints import load_reference
 from .compare import assert_greedy_matches, hf_greedy

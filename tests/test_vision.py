@@ -49,7 +49,7 @@ def test_image_features_match_transformers(size, mm):
 def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_adapters):
     from transformers import Phi4MultimodalImageProcessor
 
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     pm, bundle = mm_with_adapters
     model = load(bundle)
     assert model.adapters == ["speech", "vision"]
@@ -76,7 +76,7 @@ def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_ad
 
 def test_placeholders_are_checked_and_inserted(mm_with_adapters):
     from phi4edge.errors import RequestError
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     _, bundle = mm_with_adapters
     model = load(bundle)
     img = Image.new("RGB", (300, 200), (200, 30, 30))
@@ -91,7 +91,7 @@ def test_placeholders_are_checked_and_inserted(mm_with_adapters):
 
 def test_int4_bundle_answers_an_image_prompt(mm_with_adapters, tmp_path):
     """int4 (decoder, vision encoder and projection) against fp32 on the same image prompts."""
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     pm, fp32_bundle = mm_with_adapters
     ck = fp32_bundle.parent / "native"
     int4 = load(export_model(ck, tmp_path / "int4", show_progress=False))
@@ -137,7 +137,7 @@ def test_cli_image_option(mm_with_adapters, tmp_path):
 def test_original_layout_checkpoint_gives_the_same_bundle_behaviour(mm_with_adapters, tmp_path):
     """The remote-code layout (renamed keys, LoRAs in the shards, no vision/audio config) exports to a
     bundle that answers image, text and audio prompts exactly as the transformers-layout export does."""
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
 
     from .checkpoints import to_original_layout
     pm, native_bundle = mm_with_adapters
@@ -161,7 +161,7 @@ def test_crop_limit_comes_from_the_preprocessor_config(mm_with_adapters, tmp_pat
     import json
     import shutil
 
-    from phi4edge.runtime.generate import load
+    from phi4edge import load
     _, bundle = mm_with_adapters
     ck = tmp_path / "ck"
     shutil.copytree(bundle.parent / "native", ck)
