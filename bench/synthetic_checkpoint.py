@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from phi4edge.models.tokenizer import save_tokenizer, train_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository's scripts/
+from scripts.bpe import save_tokenizer, train_tokenizer  # noqa: E402
 
 PRESETS = {
     # Phi-4-mini-instruct's config.json values (transformers 4.x spelling, as published).

@@ -23,7 +23,7 @@ from ..errors import CheckpointError
 from ..format import DecoderNames
 from ..models.config import DecoderConfig
 from ..models.phi3 import Phi3Weights
-from ..models.rope import cos_sin
+from .rope import cos_sin
 from ..quant import QuantConfig, quantize_int4
 from .graph import Graph
 

@@ -203,7 +203,7 @@ def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
     from .models import EMBEDDED
     from . import load
     if not (EMBEDDED / "checkpoint" / "config.json").is_file():
-        raise click.ClickException(f"the embedded model is missing from {EMBEDDED} (see models/train_embedded.py)")
+        raise click.ClickException(f"the embedded model is missing from {EMBEDDED} (see scripts/train_embedded.py)")
     bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"
     if force or not (bundle / "manifest.json").is_file():
         export_model(EMBEDDED / "checkpoint", bundle, precision=precision, force=True)

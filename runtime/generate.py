@@ -337,12 +337,14 @@ class Model:
 
 
 def logprob(logits: np.ndarray, token: int) -> float:
-    """log softmax(logits)[token], in float64 (one pass over the vocabulary: ~0.2 ms at 200K)."""
-    top = float(logits.max())
-    return float(logits[token]) - top - math.log(float(np.exp(logits - top, dtype=np.float64).sum()))
+    """log softmax(logits)[token]: exponentials in float32 (all <= 1), summed in float64; one pass
+    over the vocabulary, about 0.1 ms at 200K entries."""
+    top = logits.max()
+    return float(logits[token] - top) - math.log(float(np.exp(logits - top).sum(dtype=np.float64)))
 
 
 def logprob(logits: np.ndarray, token: int) -> float:
-    """log softmax(logits)[token], in float64 (one pass over the vocabulary: ~0.2 ms at 200K)."""
-    top = float(logits.max())
-    return float(logits[token]) - top - math.log(float(np.exp(logits - top, dtype=np.float64).sum()))
+    """log softmax(logits)[token]: exponentials in float32 (all <= 1), summed in float64; one pass
+    over the vocabulary, about 0.1 ms at 200K entries."""
+    top = logits.max()
+    return float(logits[token] - top) - math.log(float(np.exp(logits - top).sum(dtype=np.float64)))

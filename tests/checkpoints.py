@@ -7,7 +7,7 @@ import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
 from phi4edge.models.phi4mm import original_key
-from phi4edge.models.tokenizer import save_tokenizer, train_tokenizer
+from scripts.bpe import save_tokenizer, train_tokenizer
 
 
 def phi3_config(*, hidden=256, layers=2, heads=4, kv_heads=2, intermediate=344, vocab=1031,

@@ -7,7 +7,7 @@ import random
 
 from click.testing import CliRunner
 
-from phi4edge.models.train_embedded import draw_similar, main
+from scripts.train_embedded import draw_similar, main
 
 
 def test_draw_similar_picks_neighbours_in_length():

@@ -1,7 +1,7 @@
 """Train the embedded tiny Phi-4-multimodal with the paper's recipe and write it in the original
 checkpoint layout, with its held-out evaluation sets and demo samples.
 
-    python -m phi4edge.models.train_embedded -o models/embedded      (needs torch, transformers,
+    python -m scripts.train_embedded -o models/embedded      (needs torch, transformers,
                                                                        peft and espeak-ng)
 Stages (after Phi-4-multimodal, section 2): 1. the language model on text, then frozen;
 2. the vision encoder pretrained alone with a shape/colour classifier head on the global view, then
@@ -54,13 +54,13 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from ..runtime.audio import log_mel, num_audio_tokens, to_16k
-from ..runtime.image import ImageSettings, preprocess
-from ..runtime.tokenizer import ChatTokenizer
+from phi4edge.runtime.audio import log_mel, num_audio_tokens, to_16k
+from phi4edge.runtime.image import ImageSettings, preprocess
+from phi4edge.runtime.tokenizer import ChatTokenizer
 from . import tasks
-from .lora import save_peft_adapter
-from .phi4mm import original_key
-from .tokenizer import save_tokenizer, train_tokenizer
+from phi4edge.models.lora import save_peft_adapter
+from phi4edge.models.phi4mm import original_key
+from .bpe import save_tokenizer, train_tokenizer
 
 SEED = 20261124
 IMAGES = ImageSettings(crop_size=112, patch_size=14, dynamic_hd=16)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import RopeConfig
+from ..models.config import RopeConfig
 
 
 def inv_freq(rope: RopeConfig, factors: tuple[float, ...] = ()) -> np.ndarray:

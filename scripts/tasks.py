@@ -1,6 +1,6 @@
 """The embedded model's checkable tasks: text chats, pillow-rendered images and espeak-ng speech.
 
-Training (`models/train_embedded.py`) draws from these; the held-out evaluation sets shipped in
+Training (`scripts/train_embedded.py`) draws from these; the held-out evaluation sets shipped in
 `models/embedded/eval/` were written from them with other seeds. Every answer is a short string, so
 a person (and `phi4edge eval`) can check it.
 """
