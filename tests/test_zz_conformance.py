@@ -1,0 +1,31 @@
+"""Every bundle the suite wrote validates against the bundle format (phi4edge.format). The file is
+named to run last: pytest collects test files in name order, so by now every other test's
+exports are on disk under this session's temporary folder."""
+from __future__ import annotations
+
+import json
+
+from phi4edge.bundle import Bundle, safe_member
+from phi4edge.format import Manifest
+
+
+def test_every_bundle_in_this_session_conforms(tmp_path_factory, bundles, two_adapters_bundle, mm_with_adapters):
+    """Runs after the exports above and the fixtures': every manifest.json that export wrote under
+    this session's temporary folder (those tests edited on purpose are skipped: export writes
+    indented JSON, the edits do not) reads as a Manifest, round-trips unchanged and names only
+    files inside its bundle."""
+    found = 0
+    for path in sorted(tmp_path_factory.getbasetemp().rglob("manifest.json")):
+        text = path.read_text()
+        doc = json.loads(text)
+        if text != json.dumps(doc, indent=2) + "\n":
+            continue
+        manifest = Manifest.from_json(doc, str(path))
+        assert manifest.to_json() == doc
+        bundle = Bundle(path.parent, manifest)
+        for name in manifest.files:
+            safe_member(bundle.path, name, "file")
+        assert {name for _, name in bundle.read_set()} <= set(manifest.files)
+        found += 1
+    assert found >= 3
+    print(f"\n{found} bundles written this session conform to the format")
