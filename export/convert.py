@@ -13,21 +13,18 @@ from importlib.metadata import version
 from ..models.checkpoint import Checkpoint
 from ..models.config import DecoderConfig, load_config
 from ..errors import CheckpointError
-from ..models.lora import PHI4MM_ADAPTERS, LoraAdapter, check_fits, read_peft, read_phi4mm
+from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
-from ..models.phi4mm import AUDIO_TOKEN, IMAGE_TOKEN, SpeechWeights, VisionWeights, has_speech, has_vision
 from ..quant import QuantConfig
 from ..progress import progress
 from .adapters import write_adapter
 from .staging import staging
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .genai_config import genai_config
-from .speech import SpeechBuilder
-from .vision import VisionBuilder
+from .families import Encoder, Family, family_for
 from .graph import Graph, WeightFile
 from ..bundle import file_table
-from ..format import (DYNAMIC_HD, Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech,
-                      SpeechConfig, SpeechNames, Vision, VisionConfig, VisionNames)
+from ..format import Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "generation_config.json",
@@ -54,14 +51,10 @@ def base_model_id(cfg: DecoderConfig, weights: Phi3Weights) -> str:
     return h.hexdigest()
 
 
-def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: dict[str, Path]) -> list[LoraAdapter]:
-    """Adapters given with --adapter, plus a Phi-4-multimodal checkpoint's own vision/speech LoRAs
-    (inside its shards in the original layout, else in its vision-lora/ and speech-lora/ folders)."""
-    found = read_phi4mm(ckpt, cfg.raw)
-    if not found:
-        found = [read_peft(name, model_dir / f"{name}-lora") for name in PHI4MM_ADAPTERS
-                 if (model_dir / f"{name}-lora" / "adapter_config.json").is_file()]
-    found += [read_peft(name, path) for name, path in extra.items()]
+def find_adapters(family: Family, model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig,
+                  extra: dict[str, Path]) -> list[LoraAdapter]:
+    """The family's own adapters (Phi-4-multimodal's vision/speech LoRAs), plus those given with --adapter."""
+    found = family.adapters(ckpt, cfg, model_dir) + [read_peft(name, path) for name, path in extra.items()]
     names = [a.name for a in found]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -71,23 +64,16 @@ def find_adapters(model_dir: Path, ckpt: Checkpoint, cfg: DecoderConfig, extra: 
     return found
 
 
-def max_crops(model_dir: Path) -> int:
-    """The image processor's crop limit (`dynamic_hd`; the published preprocessor config says 36)."""
-    path = model_dir / "preprocessor_config.json"
-    settings = json.loads(path.read_text()) if path.is_file() else {}
-    return int(settings.get("dynamic_hd") or (settings.get("image_processor") or {}).get("dynamic_hd") or DYNAMIC_HD)
-
-
-def export_encoder(kind: str, builder, weights, layers: int, quant: QuantConfig | None, out: Path,
-                   show_progress: bool) -> str:
-    """KIND.onnx (+ its own weight file) for the vision or speech encoder; returns the graph's name."""
+def export_encoder(encoder: Encoder, quant: QuantConfig | None, out: Path, show_progress: bool) -> Vision | Speech:
+    """KIND.onnx (+ its own weight file) for one encoder; returns its manifest section."""
+    kind = encoder.kind
     data = WeightFile(out / f"{kind}.onnx.data")
     graph = Graph(f"phi4mm_{kind}", data)
-    with progress(layers, f"export {kind}", "layer", show_progress) as tick:
-        builder(graph, weights, quant).build(lambda _: tick())
+    with progress(encoder.layers, f"export {kind}", "layer", show_progress) as tick:
+        encoder.builder(graph, encoder.weights, quant).build(lambda _: tick())
     data.close()
     onnx.save_model(graph.model(), out / f"{kind}.onnx")
-    return f"{kind}.onnx"
+    return encoder.entry(f"{kind}.onnx")
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
@@ -115,18 +101,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
+    family = family_for(cfg)
     ckpt = Checkpoint(model_dir)
     weights = Phi3Weights(ckpt, cfg)
     weights.check()   # every tensor present and shaped right before anything is written
-    loras = find_adapters(model_dir, ckpt, cfg, {k: Path(v) for k, v in (adapters or {}).items()})
+    loras = find_adapters(family, model_dir, ckpt, cfg, {k: Path(v) for k, v in (adapters or {}).items()})
     lora_dtype = adapter_precision if (loras or lora) else None
     base_id = base_model_id(cfg, weights)
-    vision_weights = (VisionWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(IMAGE_TOKEN))
-                      if has_vision(ckpt) else None)
-    speech_weights = (SpeechWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(AUDIO_TOKEN))
-                      if has_speech(ckpt) else None)
-    media = (((VisionNames.IMAGE_FEATURES, vision_weights.cfg.image_token_id),) if vision_weights else ()) + \
-        (((SpeechNames.DECODER_INPUT, speech_weights.cfg.audio_token_id),) if speech_weights else ())
+    encoders = family.encoders(ckpt, cfg, tokenizer, model_dir)
+    media = tuple((e.media_input, e.token_id) for e in encoders)
 
     with staging(out_dir, force, [model_dir, *(Path(p) for p in (adapters or {}).values())]) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
@@ -134,14 +117,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         with progress(cfg.num_layers, "export decoder", "layer", show_progress) as tick:
             DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: tick())
         data.close()
-        vision = speech = None
-        if vision_weights:
-            vision = Vision(export_encoder("vision", VisionBuilder, vision_weights, vision_weights.cfg.num_layers,
-                                           quant, tmp, show_progress),
-                            VisionConfig(**vision_weights.cfg.to_json()), dynamic_hd=max_crops(model_dir))
-        if speech_weights:
-            speech = Speech(export_encoder("speech", SpeechBuilder, speech_weights, speech_weights.cfg.num_blocks,
-                                           quant, tmp, show_progress), SpeechConfig(**speech_weights.cfg.to_json()))
+        sections = {e.kind: export_encoder(e, quant, tmp, show_progress) for e in encoders}
         adapter_entries = {}
         with progress(len(loras), "export adapters", "adapter", show_progress and bool(loras)) as tick:
             for adapter in loras:
@@ -156,13 +132,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(cfg, stop_ids), indent=2))
         Manifest(
             created_by=f"phi4edge {version('phi4edge')}",
-            model=Model(family="phi3", source=model_dir.resolve().name, base_id=base_id,
+            model=Model(family=family.name, source=model_dir.resolve().name, base_id=base_id,
                         config=ModelConfig(**cfg.to_json())),
             quantization=Quantization(precision=precision, **(quant.to_json() if quant else {}),  # type: ignore[arg-type]
                                       tied_embeddings="one int4 tensor for embedding and LM head"
                                       if quant and cfg.tie_word_embeddings else None),
             decoder=Decoder(graph="decoder.onnx", lora=lora_dtype, media=dict(media)),  # type: ignore[arg-type]
-            adapters=adapter_entries, vision=vision, speech=speech,
+            adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]
             generation=Generation(eos_token_ids=stop_ids),
             files=file_table(tmp),
         ).write(tmp)

@@ -24,10 +24,10 @@ from ..format import DecoderNames
 from ..models.config import DecoderConfig
 from ..models.phi3 import Phi3Weights
 from .rope import cos_sin
-from ..quant import QuantConfig, quantize_int4
+from ..quant import QuantConfig
 from .graph import Graph
+from .linear import MS, linear
 
-MS = "com.microsoft"
 FLOAT = TensorProto.FLOAT
 VOCAB_CHUNK_ROWS = 16384   # rows of the embedding read and quantised at a time
 
@@ -66,14 +66,8 @@ class DecoderBuilder:
     def linear(self, name: str, x: str, w: np.ndarray, lora: tuple[int, str] | None = None) -> str:
         """x @ w.T for an [out, in] weight, int4 (MatMulNBits) or fp32 (MatMul), plus a LoRA branch
         (x @ A) @ B when LoRA is enabled and `lora` names the (layer, module)."""
-        g, q = self.g, self.opt.quant
-        if q is None:
-            y = g.op("MatMul", [x, g.weight(f"{name}.weight", w.T)], name=name)
-        else:
-            packed, scales = quantize_int4(w, q.block_size)
-            y = g.op("MatMulNBits", [x, g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)],
-                     domain=MS, name=name, K=w.shape[1], N=w.shape[0], bits=q.bits,
-                     block_size=q.block_size, accuracy_level=q.accuracy_level)
+        g = self.g
+        y = linear(g, name, x, w, self.opt.quant)
         if self.opt.lora is None or lora is None:
             return y
         return g.op("Add", [y, self.lora_branch(x, *lora, *w.shape)], name=f"{name}.lora_add")
@@ -126,7 +120,7 @@ class DecoderBuilder:
         scales = np.empty((cfg.vocab_size, blocks), np.float32)
         for lo in range(0, cfg.vocab_size, VOCAB_CHUNK_ROWS):
             rows = slice(lo, min(cfg.vocab_size, lo + VOCAB_CHUNK_ROWS))
-            packed[rows], scales[rows] = quantize_int4(read(rows), q.block_size)
+            packed[rows], scales[rows] = q.quantize(read(rows))
         return g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)
 
     # -- pieces --------------------------------------------------------------------------------

@@ -15,20 +15,16 @@ from onnx import TensorProto
 from ..models.phi4mm import SpeechWeights
 from ..quant import QuantConfig
 from .graph import Graph
-from .vision import VisionBuilder
+from .encoder_ops import EncoderOps
 from ..format import SpeechNames
 
 FLOAT = TensorProto.FLOAT
 
 
-class SpeechBuilder(VisionBuilder):
-    """Shares the Linear/LayerNorm/attention writers with the vision builder; only the layers differ."""
-
-    prefix = "speech"
-    attention_out = "o_proj"
-
+class SpeechBuilder:
     def __init__(self, g: Graph, w: SpeechWeights, quant: QuantConfig | None):
-        super().__init__(g, w, quant)
+        self.g, self.w, self.cfg = g, w, w.cfg
+        self.ops = EncoderOps(g, w, quant, "speech", "o_proj", w.cfg.hidden_size, w.cfg.num_heads, w.cfg.layer_norm_eps)
 
     def conv(self, name: str, x: str, **attrs) -> str:
         return self.g.op("Conv", [x, self.g.weight(f"speech.{name}.weight", self.w.get(f"{name}.weight")),
@@ -39,13 +35,13 @@ class SpeechBuilder(VisionBuilder):
 
     def mlp(self, p: str, x: str) -> str:
         g = self.g
-        up_gate = self.linear(f"{p}.gate_up_proj", self.layer_norm(f"{p}.layer_norm", x))
+        up_gate = self.ops.linear(f"{p}.gate_up_proj", self.ops.layer_norm(f"{p}.layer_norm", x))
         up, gate = g.op("Split", [up_gate], 2, axis=-1, num_outputs=2)
-        return self.linear(f"{p}.down_proj", g.op("Mul", [up, self.swish(gate)]))
+        return self.ops.linear(f"{p}.down_proj", g.op("Mul", [up, self.swish(gate)]))
 
     def conv_module(self, p: str, x: str) -> str:
         g, c = self.g, self.cfg
-        h = g.op("Transpose", [self.layer_norm(f"{p}.layer_norm", x)], perm=[0, 2, 1])    # [B, D, L]
+        h = g.op("Transpose", [self.ops.layer_norm(f"{p}.layer_norm", x)], perm=[0, 2, 1])    # [B, D, L]
         h = self.conv(f"{p}.glu.ext_pw_conv_1d", h)
         lin, gate = g.op("Split", [h], 2, axis=1, num_outputs=2)
         b1 = g.weight(f"speech.{p}.glu.b1", self.w.get(f"{p}.glu.b1"))
@@ -86,7 +82,7 @@ class SpeechBuilder(VisionBuilder):
             if layer.relu_after:
                 x = g.op("Relu", [x])
         x = g.op("Reshape", [g.op("Transpose", [x], perm=[0, 2, 1, 3]), g.const("speech_flat", np.array([1, 0, -1]))])
-        x = self.linear("encoder.embed.out", x)                                           # [1, T, D]
+        x = self.ops.linear("encoder.embed.out", x)                                           # [1, T, D]
         # chunks of L frames (the reference unfolds inputs longer than 500 frames), padded at the end
         shape = g.op("Shape", [key_bias])
         chunks, chunk_len = (g.op("Gather", [shape, g.const(f"dim{k}", np.array(k))]) for k in (0, 3))
@@ -102,15 +98,15 @@ class SpeechBuilder(VisionBuilder):
         for i in range(c.num_blocks):
             p = f"encoder.encoders.{i}"
             residual = g.op("Add", [x, g.op("Mul", [self.mlp(f"{p}.feed_forward_in", x), g.const("half", np.array(0.5, np.float32))])])
-            x = g.op("Add", [residual, self.attention(p, self.layer_norm(f"{p}.layer_norm_att", residual), bias)])
+            x = g.op("Add", [residual, self.ops.attention(p, self.ops.layer_norm(f"{p}.layer_norm_att", residual), bias)])
             x = g.op("Add", [x, self.conv_module(f"{p}.conv", x)])
             x = g.op("Add", [x, g.op("Mul", [self.mlp(f"{p}.feed_forward_out", x), g.const("half", np.array(0.5, np.float32))])])
-            x = self.layer_norm(f"{p}.layer_norm", x)
+            x = self.ops.layer_norm(f"{p}.layer_norm", x)
             progress(i)
         flat = g.op("Reshape", [x, g.const("speech_rows", np.array([-1, c.hidden_size]))])
         rows = g.op("Slice", [flat, g.const("i64_0_1d", np.array([0])), g.op("Unsqueeze", [total, g.const("axis0", np.array([0]))]),
                               g.const("axis0", np.array([0]))])
         for mode, output in (("speech", SpeechNames.SPEECH_FEATURES), ("vision_speech", SpeechNames.VISION_SPEECH_FEATURES)):
-            up = g.op("Gelu", [self.linear(f"up_proj_for_{mode}", rows)])
-            g.op("Identity", [self.linear(f"down_proj_for_{mode}", up)], [output])
+            up = g.op("Gelu", [self.ops.linear(f"up_proj_for_{mode}", rows)])
+            g.op("Identity", [self.ops.linear(f"down_proj_for_{mode}", up)], [output])
             g.output(output, FLOAT, ["tokens", c.text_hidden_size])

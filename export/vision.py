@@ -17,8 +17,8 @@ import numpy as np
 from onnx import TensorProto
 
 from ..models.phi4mm import VisionWeights
-from ..quant import QuantConfig, quantize_int4
-from .decoder import MS
+from ..quant import QuantConfig
+from .encoder_ops import EncoderOps
 from .graph import Graph
 from ..format import VisionNames
 
@@ -26,46 +26,9 @@ FLOAT = TensorProto.FLOAT
 
 
 class VisionBuilder:
-    prefix = "vision"           # initializer name prefix
-    attention_out = "out_proj"  # the attention's output projection, as the checkpoint names it
-
     def __init__(self, g: Graph, w: VisionWeights, quant: QuantConfig | None):
-        self.g, self.w, self.cfg, self.quant = g, w, w.cfg, quant
-
-    def linear(self, name: str, x: str) -> str:
-        """x @ W.T + b for a checkpoint Linear, int4 when quantising (and the input width allows)."""
-        g, q = self.g, self.quant
-        weight, bias = self.w.get(f"{name}.weight"), self.w.get(f"{name}.bias")
-        if q is None:
-            y = g.op("MatMul", [x, g.weight(f"{self.prefix}.{name}.weight", weight.T)])
-        else:
-            packed, scales = quantize_int4(weight, q.block_size)
-            y = g.op("MatMulNBits", [x, g.weight(f"{self.prefix}.{name}.qweight", packed),
-                                     g.weight(f"{self.prefix}.{name}.scales", scales)],
-                     domain=MS, K=weight.shape[1], N=weight.shape[0], bits=q.bits, block_size=q.block_size,
-                     accuracy_level=q.accuracy_level)
-        return g.op("Add", [y, g.weight(f"{self.prefix}.{name}.bias", bias)])
-
-    def layer_norm(self, name: str, x: str) -> str:
-        return self.g.op("LayerNormalization", [x, self.g.weight(f"{self.prefix}.{name}.weight", self.w.get(f"{name}.weight")),
-                                                self.g.weight(f"{self.prefix}.{name}.bias", self.w.get(f"{name}.bias"))],
-                         epsilon=self.cfg.layer_norm_eps, axis=-1)
-
-    def heads(self, x: str) -> str:
-        """[crops, P, hidden] -> [crops, heads, P, head_dim]"""
-        c = self.cfg
-        split = self.g.op("Reshape", [x, self.g.const("vision_heads_shape", np.array([0, 0, c.num_heads, -1]))])
-        return self.g.op("Transpose", [split], perm=[0, 2, 1, 3])
-
-    def attention(self, prefix: str, x: str, bias: str) -> str:
-        g, c = self.g, self.cfg
-        q, k, v = (self.heads(self.linear(f"{prefix}.self_attn.{p}_proj", x)) for p in ("q", "k", "v"))
-        scale = g.const("vision_attn_scale", np.array((c.hidden_size // c.num_heads) ** -0.5, np.float32))
-        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])]), scale]), bias])
-        ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
-        merged = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]),
-                                  g.const("vision_merge_shape", np.array([0, 0, c.hidden_size]))])
-        return self.linear(f"{prefix}.self_attn.{self.attention_out}", merged)
+        self.g, self.w, self.cfg = g, w, w.cfg
+        self.ops = EncoderOps(g, w, quant, "vision", "out_proj", w.cfg.hidden_size, w.cfg.num_heads, w.cfg.layer_norm_eps)
 
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
         g, c, w = self.g, self.cfg, self.w
@@ -84,8 +47,8 @@ class VisionBuilder:
         x = g.op("Add", [x, g.op("Gather", [table, positions])])
         for i in range(c.num_layers):
             p = f"img_processor.encoder.layers.{i}"
-            x = g.op("Add", [x, self.attention(p, self.layer_norm(f"{p}.layer_norm1", x), bias)])
-            h = self.linear(f"{p}.mlp.fc2", g.op("Gelu", [self.linear(f"{p}.mlp.fc1", self.layer_norm(f"{p}.layer_norm2", x))],
+            x = g.op("Add", [x, self.ops.attention(p, self.ops.layer_norm(f"{p}.layer_norm1", x), bias)])
+            h = self.ops.linear(f"{p}.mlp.fc2", g.op("Gelu", [self.ops.linear(f"{p}.mlp.fc1", self.ops.layer_norm(f"{p}.layer_norm2", x))],
                                                     approximate="tanh"))
             x = g.op("Add", [x, h])
             progress(i)
@@ -98,6 +61,6 @@ class VisionBuilder:
         separators = np.stack([w.get("sub_img_feature_extensor").reshape(-1), w.get("global_img_feature_extensor").reshape(-1)])
         table = g.op("Concat", [rows, g.weight("vision.separators", separators)], axis=0)
         tokens = g.op("Gather", [table, index])
-        up = g.op("Gelu", [self.linear("img_projection_up", tokens)])
-        g.op("Identity", [self.linear("img_projection_down", up)], [VisionNames.IMAGE_FEATURES])
+        up = g.op("Gelu", [self.ops.linear("img_projection_up", tokens)])
+        g.op("Identity", [self.ops.linear("img_projection_down", up)], [VisionNames.IMAGE_FEATURES])
         g.output(VisionNames.IMAGE_FEATURES, FLOAT, ["tokens", c.text_hidden_size])

@@ -238,7 +238,7 @@ def inspect(bundle: str, no_verify: bool) -> None:
                f"{cfg.num_kv_heads} kv, head_dim {cfg.head_dim}, vocab {cfg.vocab_size}")
     click.echo(f"context     {cfg.max_position} tokens, rope {cfg.rope_kind} (rotary dim {cfg.rotary_dim})")
     quant = q.precision if q.precision == "fp32" else \
-        f"int4, block {q.block_size}, accuracy level {q.accuracy_level}, symmetric"
+        f"int4 ({q.method or 'rtn'}), block {q.block_size}, accuracy level {q.accuracy_level}"
     click.echo(f"weights     {quant}")
     click.echo(f"stop ids    {m.generation.eos_token_ids}")
     if m.vision:

@@ -119,10 +119,10 @@ class Model:
 @dataclass(frozen=True)
 class Quantization:
     precision: Precision
-    bits: int | None = None              # int4 only, from here down
+    method: str | None = None            # int4 only, from here down: the quantisation method
+    bits: int | None = None
     block_size: int | None = None
     accuracy_level: int | None = None
-    symmetric: bool | None = None
     tied_embeddings: str | None = None   # note on how a tied embedding/head is stored
 
 

@@ -6,37 +6,14 @@ row chunks rather than through MatMulNBitsQuantizer, which needs the whole ONNX 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits
-
-from ..errors import Phi4EdgeError
 
 CHUNK_ELEMENTS = 1 << 25   # 128 MB of float32 per quantisation call bounds peak memory
 
 
-@dataclass(frozen=True)
-class QuantConfig:
-    """int4 settings recorded in the manifest. accuracy_level 4 = int8 compute on CPU (fast path)."""
-
-    bits: int = 4
-    block_size: int = 32
-    accuracy_level: int = 4
-    symmetric: bool = True
-
-    def __post_init__(self):
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise Phi4EdgeError(f"--block-size {self.block_size}: must be a power of two >= 16")
-        if self.bits != 4:
-            raise Phi4EdgeError(f"only 4-bit weights are supported, got bits={self.bits}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
 def quantize_int4(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quantise a [N, K] weight (rows = outputs) along K.
+    """Round-to-nearest symmetric int4: quantise a [N, K] weight (rows = outputs) along K.
 
     Returns packed [N, ceil(K/bs), bs/2] uint8 (low nibble first, zero point 8) and float32
     scales [N, ceil(K/bs)].
@@ -57,10 +34,3 @@ def quantize_int4(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarra
                               chunk_scales, zero_points, block_size, hi - lo, k, True)
         scales[lo:hi] = chunk_scales.reshape(hi - lo, blocks)
     return packed, scales
-
-
-def dequantize_int4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
-    """Inverse of quantize_int4 (for error measurement)."""
-    n, blocks, half = packed.shape
-    q = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, blocks, 2 * half).astype(np.float32) - 8
-    return (q * scales[:, :, None]).reshape(n, -1)[:, :k]

@@ -28,32 +28,40 @@ def part_of(path: Path) -> str:
     return "core" if top == "phi4edge" else top
 
 
-def imported_parts(path: Path) -> set[tuple[str, int]]:
-    """(part, line) of every phi4edge import in a module, function-level imports included."""
-    package = ["phi4edge"] + ([] if path.parent.name == "phi4edge" else [path.parent.name])
-    found = set()
+def module_name(path: Path) -> str:
+    """phi4edge/x.py -> phi4edge.x; export/families/phi3.py -> phi4edge.export.families.phi3."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    name = ".".join(["phi4edge"] + (parts[1:] if parts[0] == "phi4edge" else parts))
+    return name.removesuffix(".__init__")
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(absolute module name, line) of every import in a module, function-level ones included."""
+    name = module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        names = []
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                names = [".".join(base + ([node.module] if node.module else []))]
-                if not node.module:
-                    names = [".".join(base + [a.name]) for a in node.names]
-            else:
-                names = [node.module or ""]
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            out += [(f"{target}.{a.name}", node.lineno) for a in node.names] + [(target, node.lineno)]
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            bits = name.split(".")
-            if bits[0] == "scripts":
-                found.add(("scripts", node.lineno))
-            if bits[0] != "phi4edge":
-                continue
-            if len(bits) == 1 or bits[1] not in PARTS:
-                found.add(("core" if len(bits) > 1 and bits[1] not in ("cli",) else "entry", node.lineno))
+            out += [(a.name, node.lineno) for a in node.names]
+    return out
+
+
+def imported_parts(path: Path) -> set[tuple[str, int]]:
+    """(part, line) of every phi4edge (or scripts) import in a module."""
+    found = set()
+    for name, line in imports(path):
+        bits = name.split(".")
+        if bits[0] == "scripts":
+            found.add(("scripts", line))
+        elif bits[0] == "phi4edge" and len(bits) > 1:
+            if bits[1] in ("export", "runtime", "quant", "models"):
+                found.add((bits[1], line))
             else:
-                found.add((bits[1] if bits[1] != "phi4edge" else "core", node.lineno))
+                found.add(("entry" if bits[1] == "cli" else "core", line))
     return found
 
 
@@ -73,26 +81,8 @@ def test_dependencies_flow_one_way():
 
 def test_no_import_cycles_between_modules():
     """Module-level graph (function-level imports included): no cycles."""
-    graph: dict[str, set[str]] = {}
-    modules = {}
-    for path in library_modules():
-        rel = path.relative_to(ROOT).with_suffix("")
-        parts = list(rel.parts)
-        name = ".".join(["phi4edge"] + (parts[1:] if parts[0] == "phi4edge" else parts))
-        modules[name.removesuffix(".__init__")] = path
-    for name, path in modules.items():
-        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                base = package[: len(package) - node.level + 1] if node.level else []
-                target = ".".join(base + ([node.module] if node.module else []))
-                for alias in node.names:
-                    full = f"{target}.{alias.name}"
-                    deps.add(full if full in modules else target)
-            elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names)
-        graph[name] = {d for d in deps if d in modules and d != name}
+    modules = {module_name(p): p for p in library_modules()}
+    graph = {name: {m for m, _ in imports(path) if m in modules and m != name} for name, path in modules.items()}
     # phi4edge/__init__ imports runtime lazily for load(); it is an entry point, not a dependency
     state: dict[str, int] = {}
 
