@@ -8,7 +8,7 @@ DEMO   ?= .demo
 MODEL  ?=
 PIN    := -c constraints.txt
 
-.PHONY: install test demo clean lock fuzz test-avx2
+.PHONY: install test lint demo clean lock fuzz test-avx2
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,19 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 install: $(STAMP)
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
+
+# ruff (lint + import order) and mypy. mypy reads the installed package's shape from a link tree
+# (the top-level folders are subpackages of phi4edge only through pyproject's package-dir mapping).
+TYPECHECK := build/typecheck
+SOURCES   := phi4edge export runtime quant models tests bench scripts
+lint: install
+	$(VENV)/bin/ruff check $(SOURCES)
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/phi4edge
+	ln -s $(CURDIR)/phi4edge/*.py $(TYPECHECK)/phi4edge/
+	for d in export runtime quant models; do ln -s $(CURDIR)/$$d $(TYPECHECK)/phi4edge/$$d; done
+	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy -p phi4edge --config-file $(CURDIR)/pyproject.toml
 
 # More fuzzing than `make test` runs, with fresh randomness each time.
 FUZZ_EXAMPLES ?= 10000

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime_genai as og
 
-from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved
 from phi4edge import load
+from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved
 
 
 def genai_decode_tokens_per_s(model: og.Model, new_tokens: int, prompt_len: int = 16) -> float:

@@ -23,9 +23,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from phi4edge import load
 from phi4edge.export import export_model
 from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved, prefill_tokens_per_s
-from phi4edge import load
 
 WORKER = Path(__file__).with_name("llamacpp_worker.py")
 

@@ -32,9 +32,9 @@ import onnxruntime_genai as og
 sys.path.insert(0, str(Path(__file__).parent))
 from peer_genai import genai_decode_tokens_per_s  # noqa: E402
 
+from phi4edge import load  # noqa: E402
 from phi4edge.export import export_model  # noqa: E402
 from phi4edge.runtime.benchmark import decode_tokens_per_s, interleaved  # noqa: E402
-from phi4edge import load  # noqa: E402
 
 # The minimal stand-in for the checkpoint's remote code: just what the builder reads (config class
 # with model_type phi4mm; a causal LM whose four layer linears are PEFT LoRA layers named "vision"

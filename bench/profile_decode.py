@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 
 import phi4edge.runtime.session as session_module
-from phi4edge.runtime.benchmark import read_bandwidth_gbs
 from phi4edge.bundle import Bundle, open_bundle
+from phi4edge.runtime.benchmark import read_bandwidth_gbs
 from phi4edge.runtime.session import DecoderSession
 
 LORA_OPS = {"MatMul", "DynamicQuantizeMatMul", "Cast", "Add"}   # our LoRA branch (and its Add)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..models.lora import LoraAdapter
 from ..format import ADAPTER_FORMAT_VERSION, Adapter, DecoderNames, base_model_version
+from ..models.lora import LoraAdapter
 from .decoder import LORA_DTYPES
 
 

@@ -4,27 +4,27 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import onnx
 from tokenizers import Tokenizer
 
-from importlib.metadata import version
+from ..bundle import file_table
+from ..errors import CheckpointError
+from ..format import Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
 from ..models.checkpoint import Checkpoint
 from ..models.config import DecoderConfig, load_config
-from ..errors import CheckpointError
 from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
-from ..quant import QuantConfig
 from ..progress import progress
+from ..quant import QuantConfig
 from .adapters import write_adapter
-from .staging import staging
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
-from .genai_config import genai_config
 from .families import Encoder, Family, family_for
+from .genai_config import genai_config
 from .graph import Graph, WeightFile
-from ..bundle import file_table
-from ..format import Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
+from .staging import staging
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "generation_config.json",

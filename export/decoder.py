@@ -13,8 +13,8 @@ Graph interface (onnxruntime-genai's naming, so its runtime can drive our graphs
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from onnx import TensorProto
@@ -23,10 +23,10 @@ from ..errors import CheckpointError
 from ..format import DecoderNames
 from ..models.config import DecoderConfig
 from ..models.phi3 import Phi3Weights
-from .rope import cos_sin
 from ..quant import QuantConfig
 from .graph import Graph
 from .linear import MS, linear
+from .rope import cos_sin
 
 FLOAT = TensorProto.FLOAT
 VOCAB_CHUNK_ROWS = 16384   # rows of the embedding read and quantised at a time
@@ -80,6 +80,7 @@ class DecoderBuilder:
         """The adapter's A/B are graph inputs whose rank dimension is free, defaulting to empty
         [in, 0] / [0, out] initializers: with no adapter the two MatMuls have rank 0 and cost nothing."""
         g = self.g
+        assert self.opt.lora is not None
         onnx_type, np_type = LORA_DTYPES[self.opt.lora]
         a, b = lora_names(layer, module)
         rank = f"lora_rank_{layer}_{module.split('.')[-1]}"
@@ -135,6 +136,7 @@ class DecoderBuilder:
         else:
             # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
             # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
+            assert scales is not None
             scales3 = g.op("Reshape", [scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
             rows = g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name="embed_tokens",
                         gather_axis=0, quantize_axis=2, block_size=q.block_size, bits=q.bits)
@@ -156,7 +158,7 @@ class DecoderBuilder:
     def lm_head(self, x: str, table: tuple[str, str | None]) -> str:
         g, cfg, q = self.g, self.cfg, self.opt.quant
         data, scales = table
-        if q is not None:
+        if q is not None and scales is not None:
             logits = g.op("MatMulNBits", [x, data, scales], domain=MS, name="lm_head", K=cfg.hidden_size,
                           N=cfg.vocab_size, bits=q.bits, block_size=q.block_size, accuracy_level=q.accuracy_level)
         else:   # Gemm with transB reads the [vocab, hidden] table as stored: no transposed copy
@@ -182,8 +184,9 @@ class DecoderBuilder:
             cos, sin = cos_sin(rope, length, factors)
             sets[label] = [g.op("Slice", [g.weight(f"{kind}_cache_{label}", table), g.const("zero_i64", np.array([0], np.int64)),
                                           end, axis0]) for kind, table in (("cos", cos), ("sin", sin))]
-        return tuple(g.op("Where", [is_long, long, short], [f"{kind}_cache"])
-                     for kind, long, short in zip(("cos", "sin"), sets["long"], sets["short"]))
+        cos_cache, sin_cache = (g.op("Where", [is_long, long, short], [f"{kind}_cache"])
+                                for kind, long, short in zip(("cos", "sin"), sets["long"], sets["short"]))
+        return cos_cache, sin_cache
 
     # -- whole graph ---------------------------------------------------------------------------
     def build(self, progress: Callable[[int], None] = lambda _: None) -> None:
@@ -206,25 +209,25 @@ class DecoderBuilder:
             g.input(past_k, FLOAT, kv_shape)
             g.input(past_v, FLOAT, kv_shape)
             qkv = self.layer_linear(i, "self_attn.qkv_proj", x)
-            attn = g.op("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total_len, cos, sin],
+            attn = g.ops("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total_len, cos, sin],
                         [f"layers.{i}.attn", present_k, present_v], domain=MS, name=f"layers.{i}.attn",
                         num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1,
                         rotary_interleaved=0, local_window_size=window)[0]
             for name in (present_k, present_v):
                 g.output(name, FLOAT, ["batch", cfg.num_kv_heads, "total_seq", cfg.head_dim])
             o = self.layer_linear(i, "self_attn.o_proj", attn)
-            x, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
+            x, _, _, residual = g.ops("SkipSimplifiedLayerNormalization",
                                      [o, residual, g.weight(f"layers.{i}.post_attention_layernorm",
                                                             w.norm(i, "post_attention_layernorm"))],
                                      [f"layers.{i}.attn_norm", "", "", f"layers.{i}.attn_residual"],
                                      domain=MS, epsilon=cfg.rms_norm_eps)
             gate_up = self.layer_linear(i, "mlp.gate_up_proj", x)
-            gate, up = g.op("Split", [gate_up], 2, axis=-1, num_outputs=2)
+            gate, up = g.ops("Split", [gate_up], 2, axis=-1, num_outputs=2)
             act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
             down = self.layer_linear(i, "mlp.down_proj", act)
             last = i == cfg.num_layers - 1
             norm = w.norm(None) if last else w.norm(i + 1)
-            x, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
+            x, _, _, residual = g.ops("SkipSimplifiedLayerNormalization",
                                      [down, residual, g.weight("norm" if last else f"layers.{i + 1}.input_layernorm", norm)],
                                      [f"layers.{i}.mlp_norm", "", "", f"layers.{i}.mlp_residual"],
                                      domain=MS, epsilon=cfg.rms_norm_eps)

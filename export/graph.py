@@ -25,7 +25,7 @@ class WeightFile:
         array = np.ascontiguousarray(array)
         offset = -(-self._f.tell() // ALIGN) * ALIGN
         self._f.seek(offset)
-        self._f.write(memoryview(array).cast("B"))
+        self._f.write(np.ascontiguousarray(array).tobytes())
         tensor = TensorProto(name=name, dims=array.shape,
                              data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
                              data_location=TensorProto.EXTERNAL)
@@ -70,14 +70,21 @@ class Graph:
             self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1,
-           domain: str = "", name: str | None = None, **attrs) -> str | list[str]:
-        """Add a node; returns its output name (or names when more than one)."""
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | None = None,
+           domain: str = "", name: str | None = None, **attrs) -> str:
+        """Add a single-output node; returns its output name (`outputs` names it)."""
+        if outputs is not None and len(outputs) != 1:
+            raise ValueError(f"{op_type}: op() writes one output; use ops() for {len(outputs)}")
+        return self.ops(op_type, inputs, outputs or 1, domain, name, **attrs)[0]
+
+    def ops(self, op_type: str, inputs: list[str], outputs: int | list[str],
+            domain: str = "", name: str | None = None, **attrs) -> list[str]:
+        """Add a node with several outputs (a count, or their names; "" for unused); returns them."""
         self._count += 1
         name = name or f"{op_type}_{self._count}"
         names = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
         self.nodes.append(helper.make_node(op_type, inputs, names, name=name, domain=domain or None, **attrs))
-        return names[0] if len(names) == 1 else names
+        return names
 
     def model(self, opset: int = 21) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)

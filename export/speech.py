@@ -7,16 +7,16 @@ with T5 relative position bias, chunked like the reference) and both projections
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto
 
+from ..format import SpeechNames
 from ..models.phi4mm import SpeechWeights
 from ..quant import QuantConfig
-from .graph import Graph
 from .encoder_ops import EncoderOps
-from ..format import SpeechNames
+from .graph import Graph
 
 FLOAT = TensorProto.FLOAT
 
@@ -36,14 +36,14 @@ class SpeechBuilder:
     def mlp(self, p: str, x: str) -> str:
         g = self.g
         up_gate = self.ops.linear(f"{p}.gate_up_proj", self.ops.layer_norm(f"{p}.layer_norm", x))
-        up, gate = g.op("Split", [up_gate], 2, axis=-1, num_outputs=2)
+        up, gate = g.ops("Split", [up_gate], 2, axis=-1, num_outputs=2)
         return self.ops.linear(f"{p}.down_proj", g.op("Mul", [up, self.swish(gate)]))
 
     def conv_module(self, p: str, x: str) -> str:
         g, c = self.g, self.cfg
         h = g.op("Transpose", [self.ops.layer_norm(f"{p}.layer_norm", x)], perm=[0, 2, 1])    # [B, D, L]
         h = self.conv(f"{p}.glu.ext_pw_conv_1d", h)
-        lin, gate = g.op("Split", [h], 2, axis=1, num_outputs=2)
+        lin, gate = g.ops("Split", [h], 2, axis=1, num_outputs=2)
         b1 = g.weight(f"speech.{p}.glu.b1", self.w.get(f"{p}.glu.b1"))
         b2 = g.weight(f"speech.{p}.glu.b2", self.w.get(f"{p}.glu.b2"))
         h = g.op("Mul", [g.op("Add", [lin, b1]), self.swish(g.op("Add", [gate, b2]))])
@@ -77,7 +77,7 @@ class SpeechBuilder:
         x = g.op("Mul", [g.op("Sub", [feats, g.weight("speech.global_mean", w.get("encoder.encoder_embedding.global_mean"))]),
                          g.weight("speech.global_invstd", w.get("encoder.encoder_embedding.global_invstd"))])
         x = g.op("Unsqueeze", [x, g.const("axis1", np.array([1]))])                       # [1, 1, frames, mels]
-        for i, layer in enumerate(w.subsampling_layers()):
+        for layer in w.subsampling_layers():
             x = self.conv(f"encoder.embed.conv.{layer.index}", x, strides=layer.strides, pads=layer.pads, group=layer.group)
             if layer.relu_after:
                 x = g.op("Relu", [x])
@@ -88,7 +88,8 @@ class SpeechBuilder:
         chunks, chunk_len = (g.op("Gather", [shape, g.const(f"dim{k}", np.array(k))]) for k in (0, 3))
         total = g.op("Gather", [g.op("Shape", [x]), g.const("dim1", np.array(1))])
         pad = g.op("Sub", [g.op("Mul", [chunks, chunk_len]), total])
-        pads = g.op("Concat", [g.const("zeros4", np.zeros(4, np.int64)), g.op("Unsqueeze", [pad, g.const("axis0", np.array([0]))]),
+        axis0 = g.const("axis0", np.array([0]))
+        pads = g.op("Concat", [g.const("zeros4", np.zeros(4, np.int64)), g.op("Unsqueeze", [pad, axis0]),
                                g.const("zero1", np.zeros(1, np.int64))], axis=0)
         x = g.op("Pad", [x, pads])
         x = g.op("Reshape", [x, g.op("Concat", [g.op("Unsqueeze", [chunks, g.const("axis0", np.array([0]))]),
@@ -97,14 +98,15 @@ class SpeechBuilder:
         bias = g.op("Add", [self.relative_bias(chunk_len), key_bias])
         for i in range(c.num_blocks):
             p = f"encoder.encoders.{i}"
-            residual = g.op("Add", [x, g.op("Mul", [self.mlp(f"{p}.feed_forward_in", x), g.const("half", np.array(0.5, np.float32))])])
+            half = g.const("half", np.array(0.5, np.float32))
+            residual = g.op("Add", [x, g.op("Mul", [self.mlp(f"{p}.feed_forward_in", x), half])])
             x = g.op("Add", [residual, self.ops.attention(p, self.ops.layer_norm(f"{p}.layer_norm_att", residual), bias)])
             x = g.op("Add", [x, self.conv_module(f"{p}.conv", x)])
             x = g.op("Add", [x, g.op("Mul", [self.mlp(f"{p}.feed_forward_out", x), g.const("half", np.array(0.5, np.float32))])])
             x = self.ops.layer_norm(f"{p}.layer_norm", x)
             progress(i)
         flat = g.op("Reshape", [x, g.const("speech_rows", np.array([-1, c.hidden_size]))])
-        rows = g.op("Slice", [flat, g.const("i64_0_1d", np.array([0])), g.op("Unsqueeze", [total, g.const("axis0", np.array([0]))]),
+        rows = g.op("Slice", [flat, g.const("i64_0_1d", np.array([0])), g.op("Unsqueeze", [total, axis0]),
                               g.const("axis0", np.array([0]))])
         for mode, output in (("speech", SpeechNames.SPEECH_FEATURES), ("vision_speech", SpeechNames.VISION_SPEECH_FEATURES)):
             up = g.op("Gelu", [self.ops.linear(f"up_proj_for_{mode}", rows)])

@@ -19,9 +19,9 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import Phi4EdgeError
 from ..format import FORMAT, MANIFEST
@@ -36,7 +36,7 @@ def is_bundle(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-def check_output(out_dir: Path, inputs: list[Path], force: bool) -> None:
+def check_output(out_dir: Path, inputs: Sequence[Path], force: bool) -> None:
     """Refuse an output path that would destroy something export did not make."""
     out = out_dir.resolve()
     for given in inputs:
@@ -110,7 +110,7 @@ def remove_leftovers(out_dir: Path) -> None:
 
 
 @contextmanager
-def staging(out_dir: Path, force: bool = False, inputs: list[Path] = ()) -> Iterator[Path]:
+def staging(out_dir: Path, force: bool = False, inputs: Sequence[Path] = ()) -> Iterator[Path]:
     """Yield an empty folder beside out_dir; on success it becomes out_dir, on any failure
     (exception, Ctrl-C, SIGTERM) it is removed, so no half-written bundle is ever left at out_dir."""
     out_dir = Path(out_dir)

@@ -11,16 +11,16 @@ graph holds the weights and the arithmetic, and the runtime only the layout.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto
 
+from ..format import VisionNames
 from ..models.phi4mm import VisionWeights
 from ..quant import QuantConfig
 from .encoder_ops import EncoderOps
 from .graph import Graph
-from ..format import VisionNames
 
 FLOAT = TensorProto.FLOAT
 
@@ -48,8 +48,8 @@ class VisionBuilder:
         for i in range(c.num_layers):
             p = f"img_processor.encoder.layers.{i}"
             x = g.op("Add", [x, self.ops.attention(p, self.ops.layer_norm(f"{p}.layer_norm1", x), bias)])
-            h = self.ops.linear(f"{p}.mlp.fc2", g.op("Gelu", [self.ops.linear(f"{p}.mlp.fc1", self.ops.layer_norm(f"{p}.layer_norm2", x))],
-                                                    approximate="tanh"))
+            up = self.ops.linear(f"{p}.mlp.fc1", self.ops.layer_norm(f"{p}.layer_norm2", x))
+            h = self.ops.linear(f"{p}.mlp.fc2", g.op("Gelu", [up], approximate="tanh"))
             x = g.op("Add", [x, h])
             progress(i)
         # 2x2 average pooling of the patch grid (the side is even for 448/14 = 32)

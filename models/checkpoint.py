@@ -25,7 +25,8 @@ class Checkpoint:
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        self.dir, self._file = (path.parent, path.name) if path.suffix == ".safetensors" else (path, None)
+        self.dir: Path = path.parent if path.suffix == ".safetensors" else path
+        self._file: str | None = path.name if path.suffix == ".safetensors" else None
         self._where = self._weight_map()
         self._shapes: dict[str, tuple[int, ...]] = {}
         for shard in sorted(set(self._where.values())):

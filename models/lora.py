@@ -9,18 +9,19 @@ Each adapter yields, per (layer, module), A [r, in] and B [out, r] with the scal
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .checkpoint import Checkpoint
 from .config import DecoderConfig
-from ..errors import CheckpointError
 from .phi3 import LAYER_LINEARS, linear_shapes
 
 KEY = re.compile(r"(?:.*\.)?layers\.(\d+)\.(self_attn\.\w+|mlp\.\w+)\.lora_([AB])(?:\.(\w+))?\.weight$")
@@ -52,6 +53,10 @@ class LoraAdapter:
         for (layer, module), (a_key, b_key) in sorted(self.pairs.items()):
             a = self.ckpt.get(a_key)
             yield layer, module, a, self.ckpt.get(b_key) * np.float32(self.scale(layer, module, a.shape[0]))
+
+
+def _plain_scale(alpha: float, layer: int, module: str, rank: int) -> float:
+    return _scale(alpha, rank, False)
 
 
 def _scale(alpha: float, rank: int, rslora: bool) -> float:
@@ -145,7 +150,7 @@ def read_phi4mm(ckpt: Checkpoint, raw_config: dict) -> list[LoraAdapter]:
         alpha = float(settings["lora_alpha"])
         source = f"{ckpt.dir} ({field_name})"
         adapters.append(LoraAdapter(name, source, ckpt, _pairs(found, name, source),
-                                    lambda layer, module, rank, alpha=alpha: _scale(alpha, rank, False), alpha))
+                                    functools.partial(_plain_scale, alpha), alpha))
     return adapters
 
 

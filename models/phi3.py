@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .checkpoint import Checkpoint
 from .config import DecoderConfig
-from ..errors import CheckpointError
 
 LAYER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checkpoint import Checkpoint
 from ..errors import CheckpointError
+from .checkpoint import Checkpoint
 
 IMAGE = "model.embed_tokens_extend.image_embed."
 # transformers-native name pattern -> original remote-code replacement, where they differ

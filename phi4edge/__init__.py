@@ -25,7 +25,7 @@ except PackageNotFoundError:   # running from a source tree that was not install
 
 
 def load(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None,
-         verify: bool = False) -> "Model":
+         verify: bool = False) -> Model:
     """Open a bundle (its files checked; their sha256 too with `verify`) and load its decoder."""
     from .runtime.generate import Model
     return Model(bundle, threads, providers, verify)

@@ -31,11 +31,12 @@ def friendly_errors(fn):
     return wrapper
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+    return f"{n:.1f} GB"
 
 
 @click.group()
@@ -60,13 +61,13 @@ def main() -> None:
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
-    from .export import export_model   # export-only dependencies load only here
-    named = {}
+    from .export import export_model  # export-only dependencies load only here
+    named: dict[str, str | Path] = {}
     for spec in adapters:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
             raise click.BadParameter(f"{spec!r}: expected NAME=PEFT_DIR", param_hint="--adapter")
-        named[name] = path
+        named[name] = folder
     path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
                         adapters=named, adapter_precision=adapter_precision, lora=lora)
     click.echo(f"wrote {path}")
@@ -116,10 +117,14 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
         temperature = 1.0 if (top_k or top_p < 1.0) else 0.0
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     model = load(bundle, threads=threads, providers=list(providers), verify=verify)
-    on_text = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    def on_text(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    assert prompt is not None
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
                             chat_template=not no_chat_template, system=system, adapter=adapter,
-                            images=list(images), audios=list(audios), on_text=on_text)
+                            images=list(images), audios=list(audios), on_text=None if as_json else on_text)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -141,8 +146,8 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
 def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, output: str | None,
               chart: str | None) -> None:
     """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders."""
-    from .runtime.benchmark import bench
     from . import load
+    from .runtime.benchmark import bench
     result = bench(load(bundle, threads=threads), new_tokens=new_tokens, repeats=repeats)
     if chart:
         from .runtime.chart import bench_chart
@@ -171,9 +176,9 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
     """Score a bundle on held-out sets: image accuracy, speech WER, text perplexity."""
     from contextlib import ExitStack
 
-    from .runtime.evaluate import MODES, evaluate
     from . import load
     from .progress import progress
+    from .runtime.evaluate import MODES, evaluate
     modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
     with ExitStack() as stack:
         report = evaluate(load(bundle, threads=threads), Path(eval_set), modes, limit,
@@ -199,9 +204,9 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
 @friendly_errors
 def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
     """Export the embedded tiny Phi-4-multimodal and answer a text, an image and an audio prompt."""
+    from . import load
     from .export import export_model
     from .models import EMBEDDED
-    from . import load
     if not (EMBEDDED / "checkpoint" / "config.json").is_file():
         raise click.ClickException(f"the embedded model is missing from {EMBEDDED} (see scripts/train_embedded.py)")
     bundle = Path(bundle_dir) if bundle_dir else Path.home() / ".cache" / "phi4edge" / f"embedded-{precision}"
@@ -210,12 +215,13 @@ def demo(bundle_dir: str | None, precision: str, force: bool) -> None:
     model = load(bundle)
     samples = EMBEDDED / "samples"
     spec = json.loads((samples / "samples.json").read_text())
-    requests = [("text", "Count from three to seven.", "three four five six seven", {}),
+    requests: list[tuple[str, str, str, dict[str, list[str]]]] = [
+                ("text", "Count from three to seven.", "three four five six seven", {}),
                 ("image", spec["image"]["prompt"], spec["image"]["answer"], {"images": [str(samples / spec["image"]["file"])]}),
                 ("audio", spec["audio"]["prompt"], spec["audio"]["answer"], {"audios": [str(samples / spec["audio"]["file"])]})]
     click.echo(f"bundle {bundle} ({precision})")
     for kind, prompt, expected, media in requests:
-        result = model.generate(prompt, max_new_tokens=24, **media)
+        result = model.generate(prompt, max_new_tokens=24, images=media.get("images", []), audios=media.get("audios", []))
         files = ", ".join(Path(f).name for f in media.get("images", []) + media.get("audios", []))
         click.echo(f"\n[{kind}] {prompt}" + (f"  ({files})" if files else ""))
         click.echo(f"  answer:   {result.text.strip()}   (adapter: {result.adapter or 'none'})")

@@ -227,7 +227,7 @@ class Manifest:
         return set(self.generation.eos_token_ids)
 
     @staticmethod
-    def from_json(doc: object, source: str = MANIFEST) -> "Manifest":
+    def from_json(doc: object, source: str = MANIFEST) -> Manifest:
         """Check and type a parsed manifest; one BundleError names the first bad field."""
         if not isinstance(doc, dict):
             raise BundleError(f"{source}: the manifest must be a JSON object")
@@ -236,19 +236,19 @@ class Manifest:
                               "not a phi4edge bundle manifest")
         version = doc.get("format_version")
         if not _is_int(version) or version != FORMAT_VERSION:
-            newer = _is_int(version) and version > FORMAT_VERSION
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
             raise BundleError(f"{source}: field 'format_version' is {_short(version)}; this phi4edge reads version "
                               f"{FORMAT_VERSION}" + (" (upgrade phi4edge to read newer bundles)" if newer else ""))
         unknown = [r for r in doc.get("requires", []) if r not in FEATURES] if isinstance(doc.get("requires"), list) else []
         if unknown:
             raise BundleError(f"{source}: field 'requires' lists {_short(unknown[0])}, which this phi4edge does not "
                               "implement (upgrade phi4edge)")
-        manifest = _read(Manifest, doc, "", source)
+        manifest = typing.cast(Manifest, _read(Manifest, doc, "", source))
         _check_values(manifest, source)
         return manifest
 
     @staticmethod
-    def read(folder: Path) -> "Manifest":
+    def read(folder: Path) -> Manifest:
         path = Path(folder) / MANIFEST
         if not path.is_file():
             raise BundleError(f"{folder}: not a phi4edge bundle (no manifest.json); create one with 'phi4edge export'")

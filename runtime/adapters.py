@@ -17,6 +17,7 @@ from ..errors import BundleError
 from ..format import base_model_version
 from .adapter_file import read_mapped
 
+
 class AdapterSet:
     def __init__(self, bundle, session: ort.InferenceSession):
         self.bundle = bundle

@@ -93,8 +93,8 @@ def log_mel(wave: np.ndarray, s: AudioSettings = AudioSettings()) -> np.ndarray:
                          f"at least {s.win_length / SAMPLE_RATE * 1000:.0f} ms is needed")
     frames = np.lib.stride_tricks.sliding_window_view(wave.astype(np.float32), s.win_length)[::s.hop_length]
     previous = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)   # first sample pre-emphasised by itself
-    frames = (frames - np.float32(s.preemphasis) * previous) * np.float32(32768)
-    spectrum = np.fft.rfft(np.hamming(s.win_length) * frames, n=s.n_fft, axis=1).astype(np.complex64)
+    emphasised = (frames - np.float32(s.preemphasis) * previous) * np.float32(32768)
+    spectrum = np.fft.rfft(np.hamming(s.win_length) * emphasised, n=s.n_fft, axis=1).astype(np.complex64)
     power = np.abs(spectrum) ** 2
     return np.log(np.maximum(power @ mel_filters(s).astype(np.float32), 1.0)).astype(np.float32)
 

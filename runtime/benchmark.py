@@ -2,8 +2,10 @@
 medians. Kept here (not in bench/) because the CLI ships them; they need nothing beyond the runtime."""
 from __future__ import annotations
 
+import functools
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,7 +21,7 @@ def decode_tokens_per_s(model: Model, new_tokens: int = 64, prompt_len: int = 16
     return request["timings"]["decode_tokens_per_s"]
 
 
-def interleaved(runs: dict[str, callable], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Run each measurement in turn, round after round, so machine noise hits all of them alike."""
     for _ in range(warmup):
         for fn in runs.values():
@@ -90,11 +92,12 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
     """Medians over `repeats` runs after one warm-up: what `phi4edge bench` prints."""
     import resource
     lengths = [n for n in prompt_lengths if n + new_tokens < model.context_length]
-    runs = {f"prefill_{n}": (lambda n=n: prefill_tokens_per_s(model, n)) for n in lengths}
+    runs: dict[str, Callable[[], float]] = {f"prefill_{n}": functools.partial(prefill_tokens_per_s, model, n)
+                                            for n in lengths}
     runs["decode"] = lambda: decode_tokens_per_s(model, new_tokens)
     runs["ttft_ms"] = lambda: _ttft_ms(model)
     for name in model.adapters[:1]:
-        runs[f"decode_with_{name}"] = lambda name=name: decode_tokens_per_s(model, new_tokens, adapter=name)
+        runs[f"decode_with_{name}"] = functools.partial(decode_tokens_per_s, model, new_tokens, adapter=name)
     samples = interleaved(runs, repeats)
     med = {k: statistics.median(v) for k, v in samples.items()}
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before the bandwidth probe

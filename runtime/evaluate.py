@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jiwer
 import numpy as np
@@ -54,8 +54,9 @@ def adapter_for(kind: str, mode: str) -> str | None:
 def answers(model: Model, kind: str, items: list[dict], mode: str, tick: Callable[[], None]) -> list[str]:
     out = []
     for item in items:
-        media = {"images": [item["file"]]} if kind == "image" else {"audios": [item["file"]]}
-        out.append(model.generate(item["prompt"], max_new_tokens=16, adapter=adapter_for(kind, mode), **media).text)
+        media = [item["file"]]
+        out.append(model.generate(item["prompt"], max_new_tokens=16, adapter=adapter_for(kind, mode),
+                                  images=media if kind == "image" else (), audios=media if kind == "speech" else ()).text)
         tick()
     return out
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import BundleError, RequestError
-from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
 from ..bundle import Bundle, open_bundle
+from ..errors import BundleError, RequestError
+from ..format import SpeechNames, VisionNames
+from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
 from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSession
 from .speech import SpeechEncoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder
-from ..format import SpeechNames, VisionNames
 
 # No BPE token of the Phi-4 tokenizer spans more than a few dozen characters; a prompt longer than
 # this many characters per context token cannot fit and is refused before tokenising it.
@@ -66,7 +66,9 @@ class Model:
                                        b.optional_file("chat_template.jinja"))
         self.lock = threading.RLock()   # one request at a time: see the class docstring
         self.decoder = DecoderSession(self.bundle, threads, providers)
-        self._threads, self._providers, self._vision, self._speech = threads, providers, None, None
+        self._threads, self._providers = threads, providers
+        self._vision: VisionEncoder | None = None   # encoders load on first use
+        self._speech: SpeechEncoder | None = None
         self.eos_token_ids = self.bundle.manifest.eos_token_ids
         self.context_length = self.decoder.max_position
         cfg = self.bundle.manifest.model.config
@@ -75,16 +77,16 @@ class Model:
         self.rope_switch = cfg.original_max_position if cfg.rope_kind == "longrope" else None
 
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
-               images: list[PreparedImage] = (), audios: list[PreparedAudio] = ()) -> list[int]:
+               images: Sequence[PreparedImage] = (), audios: Sequence[PreparedAudio] = ()) -> list[int]:
         """Prompt ids, with each image's and audio's placeholder tokens."""
         chars = len(prompt) + len(system or "") if isinstance(prompt, str) and isinstance(system, (str, type(None))) else 0
         if chars > MAX_CHARS_PER_TOKEN * self.context_length:
             raise RequestError(f"the prompt is {chars} characters: far more than this model's context of "
                                f"{self.context_length} tokens holds (refused before tokenising, to bound memory)")
-        media = {}
-        if images:
+        media: dict[str, tuple[int, list[int]]] = {}
+        if images and self.image_token_id is not None:
             media["image"] = (self.image_token_id, [i.num_tokens for i in images])
-        if audios:
+        if audios and self.audio_token_id is not None:
             media["audio"] = (self.audio_token_id, [a.num_tokens for a in audios])
         return self.tokenizer.encode_prompt(prompt, chat_template, system, media or None)
 
@@ -108,7 +110,8 @@ class Model:
         limit = self.max_audio_samples()
         if isinstance(audio, np.ndarray):
             if audio.ndim != 1 or audio.dtype.kind != "f":
-                raise RequestError(f"an audio array must be a 1-D float waveform at 16 kHz, got {audio.dtype} {list(audio.shape)}")
+                raise RequestError("an audio array must be a 1-D float waveform at 16 kHz, "
+                                   f"got {audio.dtype} {list(audio.shape)}")
             if not np.isfinite(audio).all():
                 raise RequestError("the audio array contains NaN or infinite samples")
             wave = audio
@@ -126,7 +129,8 @@ class Model:
         """Speech embeddings (the vision_speech projection when the request also has an image)."""
         if self._speech is None:
             self._speech = SpeechEncoder(self.bundle, self._threads, self._providers)
-        return np.concatenate([self._speech(a.features, with_image) for a in audios])
+        encoder = self._speech
+        return np.concatenate([encoder(a.features, with_image) for a in audios])
 
     @property
     def image_token_id(self) -> int | None:
@@ -148,7 +152,8 @@ class Model:
         """Run the vision encoder (loaded on first use) over the images, in prompt order."""
         if self._vision is None:
             self._vision = VisionEncoder(self.bundle, self._threads, self._providers)
-        return np.concatenate([self._vision(i) for i in images])
+        encoder = self._vision
+        return np.concatenate([encoder(i) for i in images])
 
     @property
     def adapters(self) -> list[str]:
@@ -261,7 +266,7 @@ class Model:
 
     def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                chat_template: bool = True, system: str | None = None, adapter: str | None = None,
-               images: list = (), audios: list = (), stop_token_ids: set[int] | None = None,
+               images: Sequence = (), audios: Sequence = (), stop_token_ids: set[int] | None = None,
                request: dict | None = None) -> Iterator[Step]:
         """Answer one prompt step by step (see `generate` for the arguments). `stop_token_ids`
         replaces the bundle's end ids (an empty set: run to max_new_tokens). `request`, if given, is
@@ -317,7 +322,7 @@ class Model:
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  chat_template: bool = True, system: str | None = None, adapter: str | None = None,
-                 images: list = (), audios: list = (), on_text: Callable[[str], None] | None = None,
+                 images: Sequence = (), audios: Sequence = (), on_text: Callable[[str], None] | None = None,
                  stop_token_ids: set[int] | None = None) -> GenerationResult:
         """Answer one prompt. `images` (paths, bytes, PIL images) and `audios` (paths, bytes, 16 kHz
         waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
@@ -334,13 +339,6 @@ class Model:
         ids = [s.token_id for s in steps]
         return GenerationResult(self.tokenizer.decode(ids), ids, request["prompt_token_ids"],
                                 steps[-1].finish_reason or "length", request["timings"], request["adapter"])
-
-
-def logprob(logits: np.ndarray, token: int) -> float:
-    """log softmax(logits)[token]: exponentials in float32 (all <= 1), summed in float64; one pass
-    over the vocabulary, about 0.1 ms at 200K entries."""
-    top = logits.max()
-    return float(logits[token] - top) - math.log(float(np.exp(logits - top).sum(dtype=np.float64)))
 
 
 def logprob(logits: np.ndarray, token: int) -> float:

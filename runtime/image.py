@@ -142,7 +142,7 @@ def preprocess(image: Image.Image, s: ImageSettings = ImageSettings()) -> Prepar
                          f"{new_w}x{new_h} pixels inside a {cols}x{rows} crop grid")
     # Pillow's bilinear resize antialiases when shrinking: the same filter as torchvision's
     # antialiased uint8 resize (which was ported from Pillow-SIMD).
-    resized = np.asarray(image.resize((new_w, new_h), Image.BILINEAR), dtype=np.uint8)
+    resized = np.asarray(image.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8)
     canvas = np.full((target_h, target_w, 3), 255, np.uint8)
     canvas[:new_h, :new_w] = resized
     pixels = ((canvas.astype(np.float32) / 255 - s.mean) / s.std).transpose(2, 0, 1)

@@ -1,9 +1,8 @@
 """Next-token choice from logits: greedy, or temperature / top-k / top-p sampling (numpy)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import BundleError
-from .adapters import AdapterSet
 from ..bundle import Bundle
+from ..errors import BundleError
 from ..format import DecoderNames
-
+from .adapters import AdapterSet
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider",
              "coreml": "CoreMLExecutionProvider", "qnn": "QNNExecutionProvider", "nnapi": "NnapiExecutionProvider",

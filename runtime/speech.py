@@ -7,8 +7,9 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import Bundle
-from .session import resolve_providers, session_options
+from ..errors import BundleError
 from ..format import SpeechNames
+from .session import resolve_providers, session_options
 
 CHUNK = 500   # the reference encodes longer inputs in chunks of 500 frames (after subsampling)
 
@@ -25,6 +26,8 @@ def key_bias(tokens: int) -> np.ndarray:
 
 class SpeechEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
+        if bundle.manifest.speech is None:
+            raise BundleError(f"{bundle.path}: this bundle has no speech encoder")
         self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.speech.graph)),
                                             session_options(threads), providers=resolve_providers(providers))
 

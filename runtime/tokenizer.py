@@ -85,7 +85,7 @@ class ChatTokenizer:
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_dir(cls, folder: str | Path) -> "ChatTokenizer":
+    def from_dir(cls, folder: str | Path) -> ChatTokenizer:
         """A checkpoint's (or any folder's) tokenizer.json, tokenizer_config.json and chat_template.jinja."""
         folder = Path(folder)
         return cls(folder / "tokenizer.json", folder / "tokenizer_config.json", folder / "chat_template.jinja")
@@ -155,7 +155,8 @@ class ChatTokenizer:
         """Token ids for one user prompt: chat-formatted, or raw text (plain, with the tokenizer's
         own BOS/EOS post-processing; special-token strings stay text either way)."""
         if not isinstance(prompt, str) or (system is not None and not isinstance(system, str)):
-            raise RequestError(f"the prompt must be text (str), not {type(prompt if not isinstance(prompt, str) else system).__name__}")
+            bad = prompt if not isinstance(prompt, str) else system
+            raise RequestError(f"the prompt must be text (str), not {type(bad).__name__}")
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             return self.encode_messages(messages, media)
@@ -175,7 +176,7 @@ class ChatTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=True)
 
-    def stream(self) -> "TextStream":
+    def stream(self) -> TextStream:
         return TextStream(self)
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import Bundle
+from ..errors import BundleError
+from ..format import VisionNames
 from .image import PreparedImage
 from .session import resolve_providers, session_options
-from ..format import VisionNames
 
 NEG = np.finfo(np.float32).min   # additive mask value for padded patches (as transformers uses)
 
@@ -47,6 +48,8 @@ def token_index(image: PreparedImage) -> np.ndarray:
 
 class VisionEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
+        if bundle.manifest.vision is None:
+            raise BundleError(f"{bundle.path}: this bundle has no vision encoder")
         self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.vision.graph)),
                                             session_options(threads), providers=resolve_providers(providers))
 

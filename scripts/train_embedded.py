@@ -54,12 +54,13 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from phi4edge.models.lora import save_peft_adapter
+from phi4edge.models.phi4mm import original_key
 from phi4edge.runtime.audio import log_mel, num_audio_tokens, to_16k
 from phi4edge.runtime.image import ImageSettings, preprocess
 from phi4edge.runtime.tokenizer import ChatTokenizer
+
 from . import tasks
-from phi4edge.models.lora import save_peft_adapter
-from phi4edge.models.phi4mm import original_key
 from .bpe import save_tokenizer, train_tokenizer
 
 SEED = 20261124

@@ -2,7 +2,7 @@
 int4 judged by measured statistics (shared by the parity, adapter, vision and speech tests)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

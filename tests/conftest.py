@@ -13,9 +13,9 @@ from .torchvision_standin import install as _install_torchvision_standin
 
 _install_torchvision_standin()   # before transformers is imported (it checks for torchvision once)
 
-from phi4edge.export import export_model
+from phi4edge.export import export_model  # noqa: E402  (after the stand-in, see above)
 
-from .fixtures import SHAPES
+from .fixtures import SHAPES  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Under `make test-avx2` the suite runs in qemu's Haswell model; a child process started with plain

@@ -12,16 +12,16 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from phi4edge.export import export_model
-from phi4edge.errors import BundleError, CheckpointError
-from phi4edge.models.lora import save_peft_adapter
-from phi4edge.cli import main
 from phi4edge import load
+from phi4edge.cli import main
+from phi4edge.errors import BundleError, CheckpointError
+from phi4edge.export import export_model
+from phi4edge.models.lora import save_peft_adapter
 
 from .checkpoints import load_reference, make_phi3, peft_model, phi3_config
 from .compare import assert_greedy_matches, hf_greedy, margins
-
 from .conftest import ALL
+
 PROMPTS = ["Count from two.", "Count from five.", "Explain GQA in one paragraph."]
 
 
@@ -131,8 +131,10 @@ def _phi4mm_checkpoint(base_ckpt: Path, out: Path, in_shards: bool) -> tuple[obj
         assert any(".base_layer." in k for k in state) and any("lora_A.speech" in k for k in state)
         save_file(state, str(out / "model.safetensors"))
         cfg |= {"architectures": ["Phi4MMForCausalLM"], "model_type": "phi4mm",
-                "vision_lora": {"r": 8, "lora_alpha": 16, "layer": "layers.*((self_attn\\.(qkv_proj|o_proj))|(mlp\\.(gate_up|down)_proj))"},
-                "speech_lora": {"r": 12, "lora_alpha": 24, "layer": "((layers.*self_attn\\.(qkv|o)_proj)|(layers.*mlp\\.(gate_up|down)_proj))"}}
+                "vision_lora": {"r": 8, "lora_alpha": 16,
+                                "layer": "layers.*((self_attn\\.(qkv_proj|o_proj))|(mlp\\.(gate_up|down)_proj))"},
+                "speech_lora": {"r": 12, "lora_alpha": 24,
+                                "layer": "((layers.*self_attn\\.(qkv|o)_proj)|(layers.*mlp\\.(gate_up|down)_proj))"}}
     else:
         for f in base_ckpt.glob("model*"):
             shutil.copy(f, out / f.name)
@@ -202,7 +204,7 @@ def test_adapter_of_wrong_precision_is_refused_at_load(two_adapters, checkpoints
 def test_onnxruntime_genai_runs_our_bundle_and_adapters(two_adapters):
     """Interop: onnxruntime-genai loads the bundle (genai_config.json) and our .onnx_adapter files,
     and generates the same greedy tokens as our runtime, with and without an adapter."""
-    import onnxruntime_genai as og   # a test dependency: interop is a feature, never skipped
+    import onnxruntime_genai as og  # a test dependency: interop is a feature, never skipped
     _, _, bundle = two_adapters
     ours = load(bundle)
     model = og.Model(str(bundle))

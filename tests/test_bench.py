@@ -5,9 +5,9 @@ import json
 
 from click.testing import CliRunner
 
-from phi4edge.runtime.benchmark import decode_bytes_per_token
 from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
+from phi4edge.runtime.benchmark import decode_bytes_per_token
 
 
 def test_bench_text_bundle(bundles, tmp_path):
@@ -27,8 +27,8 @@ def test_bench_text_bundle(bundles, tmp_path):
 
 
 def test_bench_multimodal_bundle_with_adapters(mm_with_adapters):
-    from phi4edge.runtime.benchmark import bench
     from phi4edge import load
+    from phi4edge.runtime.benchmark import bench
     _, bundle = mm_with_adapters
     data = bench(load(bundle), prompt_lengths=(16,), new_tokens=4, repeats=1)
     assert data["adapter"]["name"] == "speech" and data["adapter"]["switch_latency_ms"] < 5

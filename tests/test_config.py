@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import torch
 
+from phi4edge import load
 from phi4edge.export import export_model
 from phi4edge.export.decoder import DecoderBuilder, DecoderOptions
 from phi4edge.export.graph import Graph, WeightFile
 from phi4edge.models.checkpoint import Checkpoint
 from phi4edge.models.config import load_config
 from phi4edge.models.phi3 import Phi3Weights
-from phi4edge import load
 
 from .checkpoints import load_reference
 

@@ -8,12 +8,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from phi4edge import load
+from phi4edge.cli import main
 from phi4edge.export import export_model
 from phi4edge.models import EMBEDDED
-from phi4edge.cli import main
 from phi4edge.runtime.evaluate import evaluate
-from phi4edge import load
-
 
 
 @pytest.fixture(scope="module")

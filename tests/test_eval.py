@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from phi4edge.errors import BundleError
-from phi4edge.cli import main
-from phi4edge.runtime.evaluate import evaluate, read_set
 from phi4edge import load
+from phi4edge.cli import main
+from phi4edge.errors import BundleError
+from phi4edge.runtime.evaluate import evaluate, read_set
 from phi4edge.runtime.generate import NO_ADAPTER, Model
 
 TEXT = [{"prompt": "Count from two.", "answer": "two three four"}, {"prompt": "Say hi.", "answer": "hi"}]

@@ -3,19 +3,17 @@ second concurrent export to the same path, and writes the same bytes every time.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from phi4edge.export import export_model
-from phi4edge.errors import CheckpointError, Phi4EdgeError
 from phi4edge.cli import main
+from phi4edge.errors import CheckpointError, Phi4EdgeError
+from phi4edge.export import export_model
 
 from .conftest import PYTHON
 

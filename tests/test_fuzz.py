@@ -13,14 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phi4edge.errors import Phi4EdgeError
-from phi4edge.bundle import open_bundle
 from phi4edge import load
+from phi4edge.bundle import open_bundle
+from phi4edge.errors import Phi4EdgeError
 from phi4edge.runtime.tokenizer import ChatTokenizer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))

@@ -3,9 +3,7 @@ forged control tokens, oversized media, bad API arguments. Each is refused with 
 (or served correctly), never a wrong answer, a crash or a traceback."""
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -16,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from phi4edge.errors import BundleError, Phi4EdgeError, RequestError
-from phi4edge.cli import main
 from phi4edge import load
+from phi4edge.cli import main
+from phi4edge.errors import BundleError, Phi4EdgeError, RequestError
 from phi4edge.runtime.sampling import SamplingParams
 
 from .conftest import PYTHON

@@ -10,7 +10,6 @@ from .checkpoints import WORDS
 from .compare import margins
 from .conftest import SHAPES
 
-
 # int4 (with int8 compute on CPU, whose kernels differ by ISA) moved these fixtures' logits by at
 # most 0.86 (measured on AMD AVX-512 VNNI: phi4mini 0.71, phi3mini 0.57, gqa4 0.86). A flip needs
 # an error of half the fp32 lead, so with errors held under INT4_SAFE_MARGIN / 2 every token fp32

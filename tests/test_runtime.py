@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from phi4edge.errors import BundleError, RequestError
-from phi4edge.cli import main
 from phi4edge import load
+from phi4edge.cli import main
+from phi4edge.errors import BundleError, RequestError
 from phi4edge.runtime.sampling import SamplingParams
 
 from .conftest import PYTHON

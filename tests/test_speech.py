@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from phi4edge.bundle import open_bundle
 from phi4edge.export import export_model
 from phi4edge.runtime.audio import log_mel, num_audio_tokens
-from phi4edge.bundle import open_bundle
 from phi4edge.runtime.speech import SpeechEncoder
 
 from .compare import assert_greedy_matches, hf_greedy, int4_vs_fp32

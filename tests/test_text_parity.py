@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from phi4edge import load
 
 from .checkpoints import load_reference

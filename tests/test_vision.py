@@ -6,13 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from phi4edge.export import export_model
 from phi4edge.bundle import open_bundle
+from phi4edge.export import export_model
 from phi4edge.runtime.image import PreparedImage, preprocess
 from phi4edge.runtime.vision import VisionEncoder
 
 from .compare import assert_greedy_matches, hf_greedy, int4_vs_fp32
-
 
 SIZES = [(448, 448), (500, 300), (900, 1300), (2000, 450)]
 
@@ -75,8 +74,8 @@ def test_image_prompt_greedy_matches_transformers_with_vision_adapter(mm_with_ad
 
 
 def test_placeholders_are_checked_and_inserted(mm_with_adapters):
-    from phi4edge.errors import RequestError
     from phi4edge import load
+    from phi4edge.errors import RequestError
     _, bundle = mm_with_adapters
     model = load(bundle)
     img = Image.new("RGB", (300, 200), (200, 30, 30))

@@ -1,9 +1,9 @@
 """What describes a model family (see export/families/__init__.py)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tokenizers import Tokenizer
 
