@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CheckpointError
+from ..format import SpeechConfig, VisionConfig
 from .checkpoint import Checkpoint
 
 IMAGE = "model.embed_tokens_extend.image_embed."
@@ -22,27 +23,6 @@ ORIGINAL_IMAGE_NAMES = [
     (r"^sub_img_feature_extensor", "sub_GN"),
 ]
 SIGLIP_HEAD_DIM = 72   # so400m: 1152 / 16; original checkpoints hard-code the head count in code
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int          # layers run: features come from hidden_states[feature_layer]
-    num_heads: int
-    patch_size: int
-    image_size: int
-    crop_size: int
-    layer_norm_eps: float
-    image_token_id: int
-    text_hidden_size: int
-
-    @property
-    def patches_per_side(self) -> int:
-        return self.image_size // self.patch_size
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
 
 
 def has_vision(ckpt: Checkpoint) -> bool:
@@ -120,23 +100,6 @@ ORIGINAL_AUDIO_NAMES = [
     (r"^up_proj_for_vision_speech", "audio_projection.vision.0"),
     (r"^down_proj_for_vision_speech", "audio_projection.vision.2"),
 ]
-
-
-@dataclass(frozen=True)
-class SpeechConfig:
-    hidden_size: int
-    num_heads: int
-    num_blocks: int
-    input_size: int
-    kernel_size: int
-    bias_max_distance: int
-    time_reduction: int
-    audio_token_id: int
-    text_hidden_size: int
-    layer_norm_eps: float = 1e-5
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,10 @@ class VisionConfig:
     image_token_id: int
     text_hidden_size: int
 
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
 
 @dataclass(frozen=True)
 class Vision:
@@ -180,7 +184,7 @@ class SpeechConfig:
     time_reduction: int
     audio_token_id: int
     text_hidden_size: int
-    layer_norm_eps: float
+    layer_norm_eps: float = 1e-5
 
 
 @dataclass(frozen=True)

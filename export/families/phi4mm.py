@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ...format import DYNAMIC_HD, Speech, SpeechConfig, SpeechNames, Vision, VisionConfig, VisionNames
+from ...format import DYNAMIC_HD, Speech, SpeechNames, Vision, VisionNames
 from ...models.checkpoint import Checkpoint
 from ...models.config import DecoderConfig
 from ...models.lora import PHI4MM_ADAPTERS, LoraAdapter, read_peft, read_phi4mm
@@ -30,12 +30,12 @@ def encoders(ckpt: Checkpoint, cfg: DecoderConfig, tokenizer: Tokenizer, model_d
     if has_vision(ckpt):
         v = VisionWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(IMAGE_TOKEN))
         found.append(Encoder("vision", v, VisionBuilder, v.cfg.num_layers, VisionNames.IMAGE_FEATURES,
-                             v.cfg.image_token_id, lambda graph: Vision(graph, VisionConfig(**v.cfg.to_json()),
+                             v.cfg.image_token_id, lambda graph: Vision(graph, v.cfg,
                                                                         dynamic_hd=max_crops(model_dir))))
     if has_speech(ckpt):
         s = SpeechWeights(ckpt, cfg.raw, cfg.hidden_size, tokenizer.token_to_id(AUDIO_TOKEN))
         found.append(Encoder("speech", s, SpeechBuilder, s.cfg.num_blocks, SpeechNames.DECODER_INPUT,
-                             s.cfg.audio_token_id, lambda graph: Speech(graph, SpeechConfig(**s.cfg.to_json()))))
+                             s.cfg.audio_token_id, lambda graph: Speech(graph, s.cfg)))
     return found
 
 
