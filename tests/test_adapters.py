@@ -108,7 +108,11 @@ def test_smaller_adapters_are_smaller_and_close(two_adapters, checkpoints, tmp_p
             ref_logits, got_logits = (m.score(ids, ref, adapter=adapter) for m in (m32, m_small))
             # answers equal wherever fp32 leads by more than the smaller weights' measured error
             err = float(np.abs(got_logits - ref_logits).max())
-            assert err < (0.5 if precision == "int8" else 0.05), f"{precision} adapter logit error {err:.3f}"
+            print(f"{precision} adapter, {adapter}: max |logit error| {err:.3f}")
+            # int8 runs DynamicQuantizeMatMul (u8 x s8), whose kernels differ by ISA: the largest
+            # error measured here was 0.058 with AVX-512 VNNI and 0.82 on an AVX2-only CPU (qemu's
+            # Haswell; without VNNI the u8 x s8 pair sums saturate int16)
+            assert err < (1.5 if precision == "int8" else 0.05), f"{precision} adapter logit error {err:.3f}"
             confident = margins(ref_logits) > 2 * err
             got = m_small.generate(ids, max_new_tokens=6, adapter=adapter).token_ids
             n = int(np.argmin(confident)) if not confident.all() else len(ref)
