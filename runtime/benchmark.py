@@ -16,7 +16,7 @@ def decode_tokens_per_s(model: Model, new_tokens: int = 64, prompt_len: int = 16
     """One greedy generation of exactly `new_tokens` (end tokens ignored); decode tokens per second."""
     prompt = (np.arange(prompt_len) % 97 + 10).tolist()
     request: dict = {}
-    for _ in model.stream(prompt, new_tokens, adapter=adapter, stop_token_ids=set(), request=request):
+    for _ in model.stream(prompt, new_tokens, adapter=adapter, stop_token_ids=set(), request=request, logprobs=False):
         pass
     return request["timings"]["decode_tokens_per_s"]
 

@@ -119,3 +119,17 @@ def test_sessions_do_not_spin_idle_threads():
     """Spinning intra-op threads fight other load on a 2-core laptop or phone (bench/RESULTS.md)."""
     from phi4edge.runtime.session import session_options
     assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_stream_steps_carry_token_text_and_logprob(bundles):
+    model = load(bundles["phi4mini", "fp32"])
+    request: dict = {}
+    steps = list(model.stream("Count from three.", max_new_tokens=8, request=request))
+    result = model.generate("Count from three.", max_new_tokens=8)
+    assert [s.token_id for s in steps] == result.token_ids and "".join(s.text for s in steps) == result.text
+    assert [s.finish_reason for s in steps[:-1]] == [None] * (len(steps) - 1) and steps[-1].finish_reason == result.finish_reason
+    assert request["prompt_token_ids"] == result.prompt_token_ids and request["adapter"] is None
+    rows = model.score(result.prompt_token_ids, result.token_ids).astype(np.float64)
+    expected = [row[t] - np.log(np.exp(row - row.max()).sum()) - row.max() for row, t in zip(rows, result.token_ids)]
+    assert np.allclose([s.logprob for s in steps], expected, atol=1e-5)
+    assert all(s.logprob is None for s in model.stream("Count from three.", max_new_tokens=3, logprobs=False))
