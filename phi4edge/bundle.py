@@ -77,10 +77,6 @@ class Bundle:
     path: Path
     manifest: Manifest
 
-    @property
-    def config(self):
-        return self.manifest.model.config
-
     def file(self, name: str) -> Path:
         """A file a runtime reads: it must be listed in the manifest (and so checked at open)."""
         if name not in self.manifest.files:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, open_bundle
+from ..bundle import CHAT_TEMPLATE, TOKENIZER, TOKENIZER_CONFIG, Bundle, open_bundle
 from ..errors import BundleError, RequestError
 from ..format import SpeechNames, VisionNames
 from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
@@ -63,8 +63,8 @@ class Model:
                  verify: bool = False):
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
         b = self.bundle
-        self.tokenizer = ChatTokenizer(b.file("tokenizer.json"), b.optional_file("tokenizer_config.json"),
-                                       b.optional_file("chat_template.jinja"))
+        self.tokenizer = ChatTokenizer(b.file(TOKENIZER), b.optional_file(TOKENIZER_CONFIG),
+                                       b.optional_file(CHAT_TEMPLATE))
         self.lock = threading.RLock()   # one request at a time: see the class docstring
         self.decoder = DecoderSession(self.bundle, threads, providers)
         self._threads, self._providers = threads, providers
