@@ -62,6 +62,7 @@ class ChatTokenizer:
                 raise
             raise BundleError(f"{tokenizer_json}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
         self.plain.encode_special_tokens = True
+        self.wrap = self._added_by_post_processing()
         config = {}
         if (raw := _read(tokenizer_config, "tokenizer config")) is not None:
             try:
@@ -163,7 +164,7 @@ class ChatTokenizer:
         contents = [prompt]
         for kind, (_, counts) in (media or {}).items():
             contents = with_placeholders(contents, ["user"], kind, len(counts))
-        prefix, suffix = self._added_by_post_processing()
+        prefix, suffix = self.wrap
         return prefix + self._content_ids(contents[0], media) + suffix
 
     def _added_by_post_processing(self) -> tuple[list[int], list[int]]:
