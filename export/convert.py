@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from tokenizers import Tokenizer
 
-from ..bundle import file_table
+from ..bundle import file_table, read_tokenizer
 from ..errors import CheckpointError
 from ..format import Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
 from ..models.checkpoint import Checkpoint
@@ -95,12 +95,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     tok_path = model_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path}: not found (phi4edge needs the fast tokenizer file)")
-    try:
-        tokenizer = Tokenizer.from_file(str(tok_path))
-    except BaseException as e:   # the Rust parser raises Exception, or PanicException (a BaseException)
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
+    tokenizer = read_tokenizer(tok_path, CheckpointError)
     family = family_for(cfg)
     ckpt = Checkpoint(model_dir)
     weights = Phi3Weights(ckpt, cfg)

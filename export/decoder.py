@@ -44,11 +44,6 @@ class DecoderOptions:
     media: tuple[tuple[str, int], ...] = ()     # (features input, placeholder token id): image/audio
 
 
-def lora_names(layer: int, module: str) -> tuple[str, str]:
-    """Graph inputs (and .onnx_adapter parameter names) of one LoRA pair: A [in, r], B [r, out]."""
-    return DecoderNames.lora(layer, module, "A"), DecoderNames.lora(layer, module, "B")
-
-
 def kv_names(layer: int) -> tuple[str, str, str, str]:
     return (DecoderNames.past(layer, "key"), DecoderNames.past(layer, "value"),
             DecoderNames.present(layer, "key"), DecoderNames.present(layer, "value"))
@@ -82,7 +77,7 @@ class DecoderBuilder:
         g = self.g
         assert self.opt.lora is not None
         onnx_type, np_type = LORA_DTYPES[self.opt.lora]
-        a, b = lora_names(layer, module)
+        a, b = DecoderNames.lora(layer, module, "A"), DecoderNames.lora(layer, module, "B")
         rank = f"lora_rank_{layer}_{module.split('.')[-1]}"
         g.input(a, onnx_type, [in_dim, rank])
         g.input(b, onnx_type, [rank, out_dim])

@@ -10,12 +10,26 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import BundleError
+from tokenizers import Tokenizer
+
+from .errors import BundleError, Phi4EdgeError
 from .format import MANIFEST, FileEntry, Manifest, esc
 
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
+
+
+def read_tokenizer(path: Path, error: type[Phi4EdgeError] = BundleError) -> Tokenizer:
+    """A tokenizer.json, or `error` naming the file (for bundles and checkpoints alike)."""
+    try:
+        return Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: unreadable ({e})") from None
+    except BaseException as e:   # the Rust parser raises Exception, or PanicException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise error(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
 
 
 def sha256(path: Path, chunk: int = 1 << 24) -> str:

@@ -121,7 +121,9 @@ class Model:
         else:
             raise RequestError(f"audio must be a path, bytes or a float waveform, not {type(audio).__name__}")
         if len(wave) > limit:
-            raise RequestError(f"{len(wave) / SAMPLE_RATE:.1f} s of audio is {num_audio_tokens((len(wave) - 400) // 160 + 1)} "
+            s = AudioSettings()
+            tokens = num_audio_tokens((len(wave) - s.win_length) // s.hop_length + 1)
+            raise RequestError(f"{len(wave) / SAMPLE_RATE:.1f} s of audio is {tokens} "
                                f"tokens; this model's context is {self.context_length} tokens "
                                f"(at most {limit / SAMPLE_RATE:.1f} s of audio)")
         return PreparedAudio(log_mel(wave))
@@ -208,6 +210,14 @@ class Model:
                               "corrupt or the graph is broken (check with 'phi4edge inspect')")
         return logits
 
+    def _advance(self, last: np.ndarray, sequence: list[int], media: dict[str, np.ndarray] | None) -> np.ndarray:
+        """Logits after feeding `last` ([1] int64, the newest token of `sequence`). At the LongRoPE
+        switch the cache is dropped and the whole sequence runs again with the long factors."""
+        if self.decoder.length == self.rope_switch:
+            self.decoder.reset()
+            return self._logits(np.asarray(sequence, np.int64), media)
+        return self._logits(last)
+
     def _tokens(self, prompt: np.ndarray, max_new_tokens: int, sampling: SamplingParams, timings: dict,
                 adapter: str | None, media: dict[str, np.ndarray] | None, stop: set[int],
                 logprobs: bool) -> Iterator[tuple[int, float | None]]:
@@ -236,11 +246,7 @@ class Model:
             yield int(token[0]), logprob(logits, int(token[0])) if logprobs else None
             if int(token[0]) in stop or generated >= budget:
                 break
-            if self.decoder.length == self.rope_switch:
-                self.decoder.reset()
-                logits = self._logits(np.asarray(sequence, np.int64), media)
-            else:
-                logits = self._logits(token)
+            logits = self._advance(token, sequence, media)
             token[0] = sample(logits)
         decode_s = time.perf_counter() - first
         timings.update(decode_tokens=generated - 1,
@@ -258,13 +264,12 @@ class Model:
             self.decoder.use_adapter(adapter)
             self.decoder.reserve(len(prompt) + len(rest))
             rows = [self._logits(prompt, media).copy()]
-            for i, token in enumerate(rest[:-1].tolist()):
-                if self.decoder.length == self.rope_switch:   # as in generation: recompute with the long factors
-                    self.decoder.reset()
-                    rows.append(self._logits(np.concatenate([prompt, rest[:i + 1]]), media).copy())
-                else:
-                    rows.append(self._logits(np.asarray([token], np.int64)).copy())
-            return np.stack(rows[:max(len(rest), 1)])
+            sequence, last = prompt.tolist(), np.zeros(1, np.int64)
+            for token in rest[:-1].tolist():
+                sequence.append(token)
+                last[0] = token
+                rows.append(self._advance(last, sequence, media).copy())
+            return np.stack(rows)
 
     def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                chat_template: bool = True, system: str | None = None, adapter: str | None = None,

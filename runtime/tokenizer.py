@@ -13,9 +13,9 @@ from pathlib import Path
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
+from ..bundle import read_tokenizer
 from ..errors import BundleError, RequestError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -51,16 +51,10 @@ class ChatTokenizer:
     """tokenizer.json plus the chat template and special tokens of tokenizer_config.json."""
 
     def __init__(self, tokenizer_json: Path, tokenizer_config: Path | None = None, chat_template: Path | None = None):
-        text = _read(tokenizer_json, "tokenizer")
-        if text is None:
+        if not tokenizer_json.is_file():
             raise BundleError(f"{tokenizer_json}: missing")
-        try:
-            # two instances: one parses special-token strings (template text), one never does (user text)
-            self.tokenizer, self.plain = Tokenizer.from_str(text), Tokenizer.from_str(text)
-        except BaseException as e:   # the Rust parser raises Exception, or PanicException (a BaseException)
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise BundleError(f"{tokenizer_json}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
+        # two instances: one parses special-token strings (template text), one never does (user text)
+        self.tokenizer, self.plain = read_tokenizer(tokenizer_json), read_tokenizer(tokenizer_json)
         self.plain.encode_special_tokens = True
         self.wrap = self._added_by_post_processing()
         config = {}
