@@ -69,5 +69,8 @@ else
 	$(VENV)/bin/phi4edge run $(DEMO)/bundle --prompt "Explain GQA in one paragraph." --max-new-tokens 32
 endif
 
+# Slower checks with their own targets: mk/*.mk (android-test, android-apk, arm64-check, ...).
+include $(wildcard mk/*.mk)
+
 clean:
 	rm -rf $(DEMO) .pytest_cache
