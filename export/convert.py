@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from ..bundle import file_table, read_tokenizer
 from ..errors import CheckpointError
-from ..format import Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
+from ..format import MEDIA_INPUTS, Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
 from ..models.checkpoint import Checkpoint
 from ..models.config import DecoderConfig, load_config
 from ..models.lora import LoraAdapter, check_fits, read_peft
@@ -136,5 +136,6 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]
             generation=Generation(eos_token_ids=stop_ids),
             files=file_table(tmp),
+            requires=[MEDIA_INPUTS] if media else [],
         ).write(tmp)
     return out_dir

@@ -142,10 +142,11 @@ class DecoderBuilder:
 
     def merge(self, embeds: str, ids: str, name: str, token_id: int) -> str:
         """Put the rows of `name` ([n, hidden], in order) at the positions holding `token_id`.
-        The input defaults to an empty [0, hidden] tensor: text and decode steps scatter nothing."""
+        A plain input without a default (the bundle `requires` "media-inputs"): onnxruntime's Java
+        API can feed inputs only, not initializers. Text and decode steps feed an empty [0, hidden]
+        tensor and scatter nothing."""
         g, hidden = self.g, self.cfg.hidden_size
         g.input(name, FLOAT, [f"{name}_tokens", hidden])
-        g.const(name, np.zeros((0, hidden), np.float32))
         where = g.op("Equal", [ids, g.const(f"{name}_token_id", np.array(token_id, np.int64))])
         positions = g.op("Transpose", [g.op("NonZero", [where])], perm=[1, 0])
         return g.op("ScatterND", [embeds, positions, name], name=f"merge_{name}")

@@ -23,7 +23,11 @@ from .errors import BundleError
 FORMAT = "phi4edge-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-FEATURES: frozenset[str] = frozenset()   # `requires` names this reader implements (none yet)
+# `requires` names this reader implements. "media-inputs": the decoder's image/audio feature inputs
+# are plain inputs with no default, so a reader feeds an empty [0, hidden] tensor for text (readers
+# that cannot feed initializers, such as onnxruntime's Java API, need them as inputs).
+MEDIA_INPUTS = "media-inputs"
+FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS})
 MAX_MANIFEST_BYTES = 16 << 20            # a real manifest is a few KB; refuse to parse anything huge
 DYNAMIC_HD = 36                          # crop limit when a vision bundle does not record its own
 

@@ -62,11 +62,14 @@ class DecoderSession:
         self.capacity = 0
         self.length = 0   # tokens already in the KV cache
         self.adapters = AdapterSet(bundle, self.session)
-        # image/audio feature inputs (overridable, empty by default): bound for prefill only
-        self.media_inputs = {i.name: i.shape[1] for i in self.session.get_overridable_initializers()
+        # image/audio feature inputs: given with prefill, empty otherwise (plain inputs in bundles that
+        # require "media-inputs", overridable initializers with empty defaults in older ones)
+        self.media_inputs = {i.name: i.shape[1] for i in [*self.session.get_inputs(),
+                                                          *self.session.get_overridable_initializers()]
                              if i.name in bundle.manifest.decoder.media}
         self.media_empty = {name: np.zeros((0, hidden), np.float32) for name, hidden in self.media_inputs.items()}
-        self.media_bound = False
+        self.media_bound = True   # so that the first call binds the empty values
+        self.bind_media(None)
 
     def use_adapter(self, name: str | None) -> None:
         """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost)."""

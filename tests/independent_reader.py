@@ -33,7 +33,7 @@ class Reader:
             raise Refused("format: not a bundle")
         if m.get("format_version") != 1:
             raise Refused(f"format_version {m.get('format_version')}: need a newer reader")
-        if m.get("requires"):
+        if set(m.get("requires", [])) - {"media-inputs"}:
             raise Refused(f"requires {m['requires']}: not implemented")
         for path in ("model.config.num_layers", "model.config.num_kv_heads", "model.config.head_dim",
                      "model.config.max_position", "decoder.graph", "generation.eos_token_ids", "files"):
@@ -78,7 +78,8 @@ class Reader:
 
     def generate(self, ids: list[int], max_new: int, adapter: str | None = None) -> list[int]:
         cfg = self.m["model"]["config"]
-        feeds: dict[str, np.ndarray] = {}
+        feeds: dict[str, np.ndarray] = {name: np.zeros((0, cfg["hidden_size"]), np.float32)
+                                        for name in self.m["decoder"].get("media", {})}
         if adapter:
             entry = self.m["adapters"][adapter]
             params = ort.AdapterFormat.read_adapter(str(inside(self.root, entry["file"])))
