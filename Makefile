@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 install: $(STAMP)
 
+# The Python suite, then the Kotlin engine's JVM tests against it (mk/android.mk).
 test: install lint
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory android-test
 
 # ruff (lint + import order) and mypy. mypy reads the installed package's shape from a link tree
 # (the top-level folders are subpackages of phi4edge only through pyproject's package-dir mapping).
