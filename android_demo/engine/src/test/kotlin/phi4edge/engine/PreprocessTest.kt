@@ -5,7 +5,6 @@ import com.google.gson.JsonParser
 import org.junit.jupiter.api.Assertions.assertArrayEquals
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
-import org.junit.jupiter.api.Assumptions.assumeTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.Assertions
 import java.io.ByteArrayOutputStream
@@ -21,7 +20,7 @@ import kotlin.math.sin
 /**
  * The Kotlin preprocessing against the Python runtime's, on the vectors that
  * android_demo/engine/vectors/preprocess_vectors.py writes under ${phi4edge.bundles}/preprocess
- * (skipped when they are not there), plus hostile inputs.
+ * (`make android-test` writes them first; missing vectors fail the test), plus hostile inputs.
  *
  * Tolerances: pixel values within one 8-bit level (2/255 in normalised units, mean = std = 0.5),
  * masks, grids and token counts exact, log-mel within 1e-4 absolute (log-mel values run from 0 to
@@ -36,7 +35,7 @@ class PreprocessTest {
 
     private fun index(): JsonObject {
         val file = File(dir, "index.json")
-        assumeTrue(file.isFile) { "no vectors in $dir: run android_demo/engine/vectors/preprocess_vectors.py" }
+        assertTrue(file.isFile) { "no vectors in $dir: run android_demo/engine/vectors/preprocess_vectors.py" }
         return JsonParser.parseString(file.readText()).asJsonObject
     }
 
