@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
 from .genai_config import genai_config
 from .graph import Graph, WeightFile
+from .mobile import convert_graphs, point_genai_config, remove_onnx_graphs
 from .staging import staging
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -79,17 +81,20 @@ def export_encoder(encoder: Encoder, quant: QuantConfig | None, out: Path, show_
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
-                 lora: bool = False) -> Path:
+                 lora: bool = False, graph_format: str = "onnx") -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
-    adapters can be brought later). adapter_precision: fp32 or fp16 LoRA weights.
+    adapters can be brought later). adapter_precision: fp32 or fp16 LoRA weights. graph_format:
+    "onnx", or "ort" for onnxruntime's ORT format (export/mobile.py; staged as ONNX, then converted).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if precision not in ("int4", "fp32"):
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
     if adapter_precision not in LORA_DTYPES:
         raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(LORA_DTYPES)}")
+    if graph_format not in ("onnx", "ort"):
+        raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
     quant = QuantConfig(block_size=block_size) if precision == "int4" else None
     cfg = load_config(model_dir)
     tok_path = model_dir / "tokenizer.json"
@@ -125,7 +130,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                 shutil.copy2(model_dir / name, tmp / name)
         stop_ids = stop_token_ids(model_dir, cfg, tokenizer)
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(cfg, stop_ids), indent=2))
-        Manifest(
+        manifest = Manifest(
             created_by=f"phi4edge {version('phi4edge')}",
             model=Model(family=family.name, source=model_dir.resolve().name, base_id=base_id,
                         config=ModelConfig(**cfg.to_json())),
@@ -135,7 +140,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             decoder=Decoder(graph="decoder.onnx", lora=lora_dtype, media=dict(media)),  # type: ignore[arg-type]
             adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]
             generation=Generation(eos_token_ids=stop_ids),
-            files=file_table(tmp),
+            files={},
             requires=[MEDIA_INPUTS] if media else [],
-        ).write(tmp)
+        )
+        if graph_format == "ort":
+            onnx_manifest = manifest
+            manifest = convert_graphs(tmp, tmp, onnx_manifest)
+            remove_onnx_graphs(tmp, onnx_manifest)
+            point_genai_config(tmp, manifest)
+        replace(manifest, files=file_table(tmp)).write(tmp)
     return out_dir

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from tokenizers import Tokenizer
 
 from .errors import BundleError, Phi4EdgeError
-from .format import MANIFEST, FileEntry, Manifest, esc
+from .format import MANIFEST, ORT_FILE_IDENTIFIER, FileEntry, Manifest, esc
 
 TOKENIZER = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -86,6 +86,18 @@ def external_data(graph: Path, root: Path) -> list[str]:
     return out
 
 
+def check_ort_graph(graph: Path) -> None:
+    """An ORT-format graph keeps its weights inside (no other file to list); refuse anything that
+    does not carry the format's file identifier (onnxruntime verifies the rest when it loads it)."""
+    if not graph.is_file():
+        raise BundleError(f"{graph}: missing from the bundle (re-export it)")
+    with open(graph, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != ORT_FILE_IDENTIFIER:
+        raise BundleError(f"{graph}: {graph.name} is not an ORT-format graph (no '{ORT_FILE_IDENTIFIER.decode()}' file "
+                          "identifier), though the manifest says the bundle's graphs are; re-export it")
+
+
 @dataclass(frozen=True)
 class Bundle:
     path: Path
@@ -106,12 +118,13 @@ class Bundle:
         """(manifest field, file) for every file a runtime may read."""
         m = self.manifest
         wanted = [("tokenizer", TOKENIZER)]
-        graphs = [("decoder", m.decoder.graph)] + [(kind, part.graph) for kind, part in
-                                                   (("vision", m.vision), ("speech", m.speech)) if part]
-        for kind, name in graphs:
+        for kind, name in m.graphs.items():
             graph = safe_member(self.path, name, f"{kind}.graph")
             wanted.append((f"{kind}.graph", name))
-            wanted += [(f"{kind}.graph's external data", d) for d in external_data(graph, self.path)]
+            if m.graph_format == "ort":
+                check_ort_graph(graph)
+            else:
+                wanted += [(f"{kind}.graph's external data", d) for d in external_data(graph, self.path)]
         for name, adapter in m.adapters.items():
             safe_member(self.path, adapter.file, f"adapters.{name}.file")
             wanted.append((f"adapters.{name}.file", adapter.file))

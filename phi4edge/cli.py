@@ -57,9 +57,12 @@ def main() -> None:
               help="LoRA weight precision (fp16: half the size, fast on ARM64, slower than fp32 on x86; "
                    "int8: a quarter of the size and the fastest with an adapter active on x86).")
 @click.option("--lora", is_flag=True, help="Add LoRA inputs even without adapters, to bring adapters later.")
+@click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="Graph format: ONNX with external weights, or onnxruntime's ORT format for phones and reduced "
+                   "onnxruntime builds (2 GiB at most per graph; see 'phi4edge mobile').")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],
-           adapter_precision: str, lora: bool) -> None:
+           adapter_precision: str, lora: bool, graph_format: str) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
     from .export import export_model  # export-only dependencies load only here
     named: dict[str, str | Path] = {}
@@ -69,8 +72,24 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
             raise click.BadParameter(f"{spec!r}: expected NAME=PEFT_DIR", param_hint="--adapter")
         named[name] = folder
     path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
-                        adapters=named, adapter_precision=adapter_precision, lora=lora)
+                        adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format)
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Bundle folder to create.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it is a bundle.")
+@friendly_errors
+def mobile(bundle: str, out_dir: str, force: bool) -> None:
+    """Convert an ONNX bundle's graphs to onnxruntime's ORT format (.ort) for phones.
+
+    Writes a new bundle (the source is checked against its sha256 and left as it is) with the
+    graphs in ORT format and required_operators.config, the operators of all its graphs, for a
+    reduced onnxruntime build. Adapters, tokenizer and the rest are copied unchanged. Needs no
+    checkpoint and no torch; the same as 'phi4edge export --format ort'."""
+    from .export.mobile import mobile_bundle
+    click.echo(f"wrote {mobile_bundle(bundle, out_dir, force)}")
 
 
 @main.command()
@@ -246,6 +265,8 @@ def inspect(bundle: str, no_verify: bool) -> None:
     quant = q.precision if q.precision == "fp32" else \
         f"int4 ({q.method or 'rtn'}), block {q.block_size}, accuracy level {q.accuracy_level}"
     click.echo(f"weights     {quant}")
+    click.echo("graphs      " + (f"ORT format (optimisation {m.ort.optimization}, onnxruntime {m.ort.onnxruntime}; "
+                                 f"operators in {m.ort.required_operators})" if m.ort else "ONNX"))
     click.echo(f"stop ids    {m.generation.eos_token_ids}")
     if m.vision:
         v = m.vision.config

@@ -27,7 +27,13 @@ MANIFEST = "manifest.json"
 # are plain inputs with no default, so a reader feeds an empty [0, hidden] tensor for text (readers
 # that cannot feed initializers, such as onnxruntime's Java API, need them as inputs).
 MEDIA_INPUTS = "media-inputs"
-FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS})
+# "ort-graphs": the graphs are onnxruntime's ORT format (flatbuffers, weights inside, `.ort`) rather
+# than ONNX; the manifest's `ort` section says how they were converted. A reader that passes graphs
+# to onnxruntime by path implements it by loading them as ORT format.
+ORT_GRAPHS = "ort-graphs"
+FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS, ORT_GRAPHS})
+ORT_SUFFIX = ".ort"
+ORT_FILE_IDENTIFIER = b"ORTM"            # bytes 4..8 of an ORT-format file (its FlatBuffers file identifier)
 MAX_MANIFEST_BYTES = 16 << 20            # a real manifest is a few KB; refuse to parse anything huge
 DYNAMIC_HD = 36                          # crop limit when a vision bundle does not record its own
 
@@ -203,6 +209,15 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class OrtGraphs:
+    """Present when the graphs are ORT format (the bundle `requires` "ort-graphs")."""
+
+    optimization: Literal["disabled", "basic", "extended", "all"]   # graph optimisations applied at conversion
+    onnxruntime: str                     # version of the onnxruntime that converted them
+    required_operators: str              # the operators of all graphs, for a reduced onnxruntime build
+
+
+@dataclass(frozen=True)
 class FileEntry:
     size: int
     sha256: str
@@ -218,6 +233,7 @@ class Manifest:
     adapters: dict[str, Adapter] = field(default_factory=dict)
     vision: Vision | None = None
     speech: Speech | None = None
+    ort: OrtGraphs | None = None         # the graphs are ORT format (see OrtGraphs)
     created_by: str = ""
     requires: list[str] = field(default_factory=list)
     format: str = FORMAT
@@ -233,6 +249,17 @@ class Manifest:
     @property
     def eos_token_ids(self) -> set[int]:
         return set(self.generation.eos_token_ids)
+
+    @property
+    def graph_format(self) -> Literal["onnx", "ort"]:
+        """How every graph of the bundle is stored: ONNX protobuf, or ORT format ("ort-graphs")."""
+        return "ort" if self.ort is not None else "onnx"
+
+    @property
+    def graphs(self) -> dict[str, str]:
+        """{"decoder" | "vision" | "speech": graph file} for the graphs the bundle has."""
+        parts = {"decoder": self.decoder, "vision": self.vision, "speech": self.speech}
+        return {kind: part.graph for kind, part in parts.items() if part is not None}
 
     @staticmethod
     def from_json(doc: object, source: str = MANIFEST) -> Manifest:
@@ -382,3 +409,15 @@ def _check_values(m: Manifest, source: str) -> None:
             raise BundleError(f"{source}: field '{esc(where)}' must be positive")
     if m.quantization.precision == "int4" and not (m.quantization.block_size and m.quantization.bits):
         raise BundleError(f"{source}: field 'quantization' of an int4 bundle needs bits and block_size")
+    # ORT-format graphs: the `ort` section, the feature and the file names agree (an older reader must
+    # refuse such a bundle through `requires`, and onnxruntime tells the formats apart by file name)
+    if (ORT_GRAPHS in m.requires) != (m.ort is not None):
+        raise BundleError(f"{source}: field 'ort' must be present exactly when field 'requires' lists '{ORT_GRAPHS}'")
+    for kind, name in m.graphs.items():
+        if name.lower().endswith(ORT_SUFFIX) != (m.ort is not None):
+            raise BundleError(f"{source}: field '{kind}.graph' is {_short(name)}: " + (
+                f"ORT-format graphs are named *{ORT_SUFFIX}" if m.ort else f"*{ORT_SUFFIX} names an ORT-format graph, "
+                f"which needs field 'ort' and '{ORT_GRAPHS}' in 'requires'"))
+    if m.ort is not None and m.ort.required_operators not in m.files:
+        raise BundleError(f"{source}: field 'ort.required_operators' names {_short(m.ort.required_operators)}, "
+                          "which is not listed in 'files'")

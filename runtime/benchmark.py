@@ -68,16 +68,27 @@ def decode_bytes_per_token(bundle) -> int:
     """Decoder weight bytes read per generated token: every initializer in the data file but the
     rotary caches (of which one row is read) and the embedding gather (one row), unless the
     embedding is the tied LM head, which is read whole."""
-    import onnx
-    model = onnx.load(str(bundle.file(bundle.manifest.decoder.graph)), load_external_data=False)
     tied = bundle.manifest.model.config.tie_word_embeddings
     total = 0
-    for t in model.graph.initializer:
-        length = next((int(e.value) for e in t.external_data if e.key == "length"), 0)
-        if "_cache" in t.name or (t.name.startswith("embed_tokens") and not tied):
+    for name, length in _initializer_bytes(bundle):
+        if "_cache" in name or (name.startswith("embed_tokens") and not tied):
             continue
         total += length
     return total
+
+
+def _initializer_bytes(bundle) -> list[tuple[str, int]]:
+    """(name, bytes) of the decoder's stored weights: those in external data for an ONNX graph,
+    every initializer for an ORT-format graph (read with onnxruntime's own FlatBuffers bindings)."""
+    path = bundle.file(bundle.manifest.decoder.graph)
+    if bundle.manifest.graph_format == "ort":
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+        graph = InferenceSession.GetRootAs(path.read_bytes(), 0).Model().Graph()
+        tensors = [graph.Initializers(i) for i in range(graph.InitializersLength())]
+        return [(t.Name().decode(), t.RawDataLength()) for t in tensors]
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return [(t.name, next((int(e.value) for e in t.external_data if e.key == "length"), 0)) for t in model.graph.initializer]
 
 
 def prefill_tokens_per_s(model: Model, length: int) -> float:

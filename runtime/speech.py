@@ -4,12 +4,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BundleError
 from ..format import SpeechNames
-from .session import resolve_providers, session_options
+from .session import load_graph
 
 CHUNK = 500   # the reference encodes longer inputs in chunks of 500 frames (after subsampling)
 
@@ -28,8 +27,7 @@ class SpeechEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         if bundle.manifest.speech is None:
             raise BundleError(f"{bundle.path}: this bundle has no speech encoder")
-        self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.speech.graph)),
-                                            session_options(threads), providers=resolve_providers(providers))
+        self.session = load_graph(bundle, "speech", threads, providers)
 
     def __call__(self, log_mel: np.ndarray, with_image: bool = False) -> np.ndarray:
         """[ceil(frames / 8), text_hidden] embeddings; the vision_speech projection when the same

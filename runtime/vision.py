@@ -3,13 +3,12 @@ prepared image, then the encoder + projection in onnxruntime. Runs only for requ
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BundleError
 from ..format import VisionNames
 from .image import PreparedImage
-from .session import resolve_providers, session_options
+from .session import load_graph
 
 NEG = np.finfo(np.float32).min   # additive mask value for padded patches (as transformers uses)
 
@@ -50,8 +49,7 @@ class VisionEncoder:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         if bundle.manifest.vision is None:
             raise BundleError(f"{bundle.path}: this bundle has no vision encoder")
-        self.session = ort.InferenceSession(str(bundle.file(bundle.manifest.vision.graph)),
-                                            session_options(threads), providers=resolve_providers(providers))
+        self.session = load_graph(bundle, "vision", threads, providers)
 
     def __call__(self, image: PreparedImage) -> np.ndarray:
         """[num_tokens, text_hidden] features for one image."""

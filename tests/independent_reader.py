@@ -33,7 +33,7 @@ class Reader:
             raise Refused("format: not a bundle")
         if m.get("format_version") != 1:
             raise Refused(f"format_version {m.get('format_version')}: need a newer reader")
-        if set(m.get("requires", [])) - {"media-inputs"}:
+        if set(m.get("requires", [])) - {"media-inputs", "ort-graphs"}:
             raise Refused(f"requires {m['requires']}: not implemented")
         for path in ("model.config.num_layers", "model.config.num_kv_heads", "model.config.head_dim",
                      "model.config.max_position", "decoder.graph", "generation.eos_token_ids", "files"):
@@ -48,9 +48,14 @@ class Reader:
             if not path.is_file() or path.stat().st_size != entry["size"]:
                 raise Refused(f"{name}: missing or wrong size")
         graph = m["decoder"]["graph"]
-        model = onnx.load(str(inside(self.root, graph)), load_external_data=False)
-        data = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                for e in t.external_data if e.key == "location"}
+        if "ort-graphs" in m.get("requires", []):   # ORT format: weights inside, the file identifier at bytes 4..8
+            if "ort" not in m or not graph.endswith(".ort") or inside(self.root, graph).read_bytes()[4:8] != b"ORTM":
+                raise Refused(f"{graph}: not an ORT-format graph")
+            data = set()
+        else:
+            model = onnx.load(str(inside(self.root, graph)), load_external_data=False)
+            data = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                    for e in t.external_data if e.key == "location"}
         for name in {graph, "tokenizer.json", *data, *(a["file"] for a in m.get("adapters", {}).values())}:
             if name not in m["files"]:
                 raise Refused(f"{name}: read but not listed")
