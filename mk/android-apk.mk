@@ -34,21 +34,22 @@ APK_FRAMEWORK  := /usr/share/android-framework-res/framework-res.apk
 APK_ANDROID_JAR := $(APK_CACHE)/android-23.jar
 APK_ORT         := $(APK_CACHE)/onnxruntime
 APK_M2          := $(APK_CACHE)/m2
-APK_EMPTY       :=
-apk_path         = $(subst $(APK_EMPTY) $(APK_EMPTY),:,$(strip $1))
-APK_KOTLINC_CP  := $(patsubst %,$(APK_M2)/%.jar,kotlin-compiler-embeddable kotlin-stdlib kotlin-script-runtime kotlin-reflect kotlin-daemon-embeddable kotlinx-coroutines-core-jvm annotations)
-APK_KOTLINC     := java -Xmx2g -cp $(call apk_path,$(APK_KOTLINC_CP)) org.jetbrains.kotlin.cli.jvm.K2JVMCompiler
-APK_D8          := java -Xmx2g -cp $(APK_M2)/r8.jar com.android.tools.r8.D8 --release --min-api $(APK_MIN_SDK) $(patsubst %,--lib %,$(APK_API_JARS))
-APK_LIB_JARS    := $(APK_ORT)/classes.jar $(APK_M2)/gson.jar $(APK_M2)/kotlin-stdlib.jar
 
 # android.jar is API 23 (the newest Debian packages), minSdk is 24: the Java 8 classes Android added
 # in API 24 (its libcore became OpenJDK 8's) that the engine uses are taken as compile-time
 # signatures from Java 8's API as the JDK records it (lib/ct.sym, what javac --release 8 reads); they
 # are never dexed (the phone has them). Kotlin that uses a class android.jar lacks fails to compile:
 # add it here only if Android has it at APK_MIN_SDK ("Added in API level" on developer.android.com).
-APK_API24       := java/util/SplittableRandom
+APK_API24       := java/util/Optional java/util/SplittableRandom
 APK_CT_SYM      := $(dir $(realpath $(shell command -v javac)))../lib/ct.sym
 APK_API_JARS    := $(APK_ANDROID_JAR) $(APK_WORK)/api24.jar
+
+APK_EMPTY       :=
+apk_path         = $(subst $(APK_EMPTY) $(APK_EMPTY),:,$(strip $1))
+APK_KOTLINC_CP  := $(patsubst %,$(APK_M2)/%.jar,kotlin-compiler-embeddable kotlin-stdlib kotlin-script-runtime kotlin-reflect kotlin-daemon-embeddable kotlinx-coroutines-core-jvm annotations)
+APK_KOTLINC     := java -Xmx2g -cp $(call apk_path,$(APK_KOTLINC_CP)) org.jetbrains.kotlin.cli.jvm.K2JVMCompiler
+APK_D8          := java -Xmx2g -cp $(APK_M2)/r8.jar com.android.tools.r8.D8 --release --min-api $(APK_MIN_SDK) $(patsubst %,--lib %,$(APK_API_JARS))
+APK_LIB_JARS    := $(APK_ORT)/classes.jar $(APK_M2)/gson.jar $(APK_M2)/kotlin-stdlib.jar
 
 APK_SOURCES := $(shell find $(APK_APP)/src/main/kotlin $(APK_ENGINE) -name '*.kt' 2>/dev/null | sort)
 APK_RES     := $(shell find $(APK_APP)/src/main/res -type f 2>/dev/null)
@@ -69,7 +70,9 @@ android-apk: $(APK)
 
 # Checked on every run (dpkg -s is instant); installed only when missing
 apk-debian-tools:
-	@dpkg -s $(APK_DEBS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APK_DEBS); }
+	@dpkg -s $(APK_DEBS) >/dev/null 2>&1 || { echo "apt-get install $(APK_DEBS)"; mkdir -p $(APK_OUT); \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APK_DEBS); } >$(APK_OUT)/apt.log 2>&1 \
+	  || { cat $(APK_OUT)/apt.log; exit 1; }; }
 
 $(APK_ANDROID_JAR): | apk-debian-tools
 	rm -rf $(APK_CACHE)/apt && mkdir -p $(APK_CACHE)/apt/lists/partial $(APK_CACHE)/apt/archives/partial
@@ -81,7 +84,7 @@ $(APK_ANDROID_JAR): | apk-debian-tools
 	cp $(APK_CACHE)/apt/root/usr/share/java/com.android.android-23.jar $@.tmp && mv $@.tmp $@
 	rm -rf $(APK_CACHE)/apt
 
-$(APK_WORK)/api24.jar: mk/android-apk.mk
+$(APK_WORK)/api24.jar: mk/android-apk.mk | apk-debian-tools
 	rm -rf $(APK_WORK)/api24 && mkdir -p $(APK_WORK)/api24 $(@D)
 	for c in $(APK_API24); do \
 	  e=$$(unzip -Z1 $(APK_CT_SYM) | grep -E "^[^/]*8[^/]*/java\.base/$$c\.sig$$") || { echo "$$c is not in Java 8's API"; exit 1; }; \
@@ -141,7 +144,8 @@ $(APK_WORK)/dex/.stamp: $(APK_WORK)/classes.jar $(APK_WORK)/dex-libs/.stamp
 	touch $@
 
 # The APK: aapt2's resources + dex + onnxruntime's .so files (compressed: the manifest leaves
-# extractNativeLibs at its default, true), 4-byte aligned, then signed (v2 + v3 schemes) with a debug key made here by keytool.
+# extractNativeLibs at its default, true), 4-byte aligned, then signed (v2 + v3 schemes) with a
+# debug key that keytool makes in build/android.
 $(APK): $(APK_WORK)/base.apk $(APK_WORK)/dex/.stamp $(APK_ORT)/classes.jar $(APK_OUT)/debug.keystore
 	rm -rf $(APK_WORK)/stage && mkdir -p $(APK_WORK)/stage
 	cp $(APK_WORK)/base.apk $(APK_WORK)/unsigned.apk

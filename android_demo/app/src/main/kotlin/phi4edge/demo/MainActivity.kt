@@ -20,8 +20,10 @@ import android.widget.Button
 import android.widget.EditText
 import android.widget.ImageView
 import android.widget.ScrollView
+import android.widget.Spinner
 import android.widget.TextView
 import android.widget.Toast
+import com.google.gson.JsonParser
 import java.io.File
 import java.io.IOException
 import java.util.Locale
@@ -31,7 +33,6 @@ import phi4edge.engine.BundleException
 import phi4edge.engine.Engine
 import phi4edge.engine.EngineOptions
 import phi4edge.engine.Request
-import phi4edge.engine.RgbImage
 import phi4edge.engine.Wav
 
 /**
@@ -50,6 +51,9 @@ class MainActivity : Activity() {
         const val IMPORT_BUNDLE = 4
         const val MIC_PERMISSION = 5
         const val MAX_WAV_BYTES = 64 shl 20
+        const val PREVIEW_SIDE = 1024
+        /** Long sides for the choices of R.array.image_sizes; 4096 keeps a full-size bitmap under 64 MB. */
+        val IMAGE_SIDES = intArrayOf(448, 896, 4096)
     }
 
     private enum class Busy { IDLE, LOADING, IMPORTING, GENERATING }
@@ -65,7 +69,8 @@ class MainActivity : Activity() {
     @Volatile private var stopRequested = false
 
     private var busy = Busy.IDLE
-    private var image: RgbImage? = null
+    private var imageFile: File? = null                 // a copy in cache/, decoded at Generate
+    private var imageCount = 0
     private var audio: FloatArray? = null
     private var recorder: Recorder? = null
     private lateinit var bundleDir: File
@@ -75,6 +80,7 @@ class MainActivity : Activity() {
     private lateinit var importButton: Button
     private lateinit var imageStatus: TextView
     private lateinit var imagePreview: ImageView
+    private lateinit var imageSize: Spinner
     private lateinit var audioStatus: TextView
     private lateinit var recordButton: Button
     private lateinit var prompt: EditText
@@ -90,12 +96,15 @@ class MainActivity : Activity() {
         // /sdcard/Android/data/phi4edge.demo/files/bundle: `adb push` can write there, and the app
         // needs no storage permission to read it. Internal storage if there is no shared storage.
         bundleDir = File(getExternalFilesDir(null) ?: filesDir, "bundle")
+        cacheDir.listFiles()?.forEach { if (it.name.startsWith("image-")) it.delete() }   // from a past run
 
         bundleStatus = view<TextView>(R.id.bundle_status)
         loadButton = view<Button>(R.id.load_bundle)
         importButton = view<Button>(R.id.import_bundle)
         imageStatus = view<TextView>(R.id.image_status)
         imagePreview = view<ImageView>(R.id.image_preview)
+        imageSize = view<Spinner>(R.id.image_size)
+        imageSize.setSelection(1)
         audioStatus = view<TextView>(R.id.audio_status)
         recordButton = view<Button>(R.id.record)
         prompt = view<EditText>(R.id.prompt)
@@ -153,7 +162,7 @@ class MainActivity : Activity() {
                 val e = Engine.open(bundleDir, EngineOptions())
                 engine = e
                 val adapters = if (e.adapterNames.isEmpty()) "none" else e.adapterNames.joinToString(", ")
-                "${e.modelName}\nadapters: $adapters\nloaded in ${fmt(seconds(t0), 1)} s from ${bundleDir.path}"
+                "${describe(bundleDir) ?: e.modelName}\nadapters: $adapters\nloaded in ${fmt(seconds(t0), 1)} s from ${bundleDir.path}"
             } catch (e: BundleException) {
                 "Bundle not usable: ${e.message}"
             } catch (e: Throwable) {   // OrtException, UnsatisfiedLinkError, OutOfMemoryError: say so, don't crash
@@ -162,6 +171,19 @@ class MainActivity : Activity() {
             }
             ui.post { bundleStatus.text = message; setBusy(Busy.IDLE) }
         }
+    }
+
+    /**
+     * "Phi-4-multimodal-instruct, int4" from manifest.json's model.source and quantization.precision
+     * (docs/bundle-format.md). The engine's modelName is the folder's name, always "bundle" here.
+     */
+    private fun describe(dir: File): String? = try {
+        val m = JsonParser.parseString(File(dir, "manifest.json").readText()).asJsonObject
+        val source = m.getAsJsonObject("model")?.get("source")?.takeIf { it.isJsonPrimitive }?.asString
+        val precision = m.getAsJsonObject("quantization")?.get("precision")?.takeIf { it.isJsonPrimitive }?.asString
+        source?.let { if (precision != null) "$it, $precision" else it }
+    } catch (e: RuntimeException) {   // the engine has already checked the manifest; this is only a title
+        null
     }
 
     private fun importBundle(tree: Uri) {
@@ -196,30 +218,40 @@ class MainActivity : Activity() {
         launch(intent, TAKE_PHOTO)
     }
 
-    /** Decodes off the UI thread; [source] is a content URI to copy from, or null for the camera's file. */
+    /**
+     * Copies the picture into the cache (or takes the camera's file), and shows a preview; the
+     * engine gets it decoded at the size chosen when Generate is tapped. [source] is a content URI,
+     * or null for the camera's photo.
+     */
     private fun loadImage(source: Uri?) {
         imageStatus.text = "Decoding …"
+        val file = File(cacheDir, "image-${++imageCount}")
         mediaThread.execute {
             try {
-                val file = if (source == null) CaptureProvider.file(this) else copyToCache(source, "picked-image")
-                val bitmap = Photos.decode(file)
-                val rgb = Photos.toRgb(bitmap)
-                val preview = Photos.preview(bitmap)
-                if (preview !== bitmap) bitmap.recycle()
-                val name = if (source == null) "camera photo" else displayName(source)
-                ui.post { setImage(rgb, preview, "$name: ${rgb.width}×${rgb.height}") }
+                if (source == null) {
+                    if (!CaptureProvider.file(this).renameTo(file)) throw IOException("the camera app saved no photo")
+                } else {
+                    copyTo(source, file)
+                }
+                val preview = Photos.decode(file, PREVIEW_SIDE)
+                val name = if (source == null) "Camera photo" else displayName(source)
+                ui.post { setImage(file, preview, name) }
             } catch (e: Exception) {
                 Log.e(TAG, "image", e)
+                file.delete()
                 ui.post { setImage(null, null, "Could not read the image: ${e.message}") }
             }
         }
     }
 
-    private fun setImage(rgb: RgbImage?, bitmap: Bitmap?, status: String) {
-        image = rgb
+    private fun setImage(file: File?, preview: Bitmap?, status: String) {
+        val old = imageFile
+        imageFile = file
+        // deleted in turn on the engine thread, which may be decoding it for a generation now
+        if (old != null && old != file && !engineThread.isShutdown) engineThread.execute { old.delete() }
         imageStatus.text = status
-        imagePreview.setImageBitmap(bitmap)
-        imagePreview.visibility = if (bitmap == null) View.GONE else View.VISIBLE
+        imagePreview.setImageBitmap(preview)
+        imagePreview.visibility = if (preview == null) View.GONE else View.VISIBLE
     }
 
     // ---- audio ----
@@ -296,7 +328,9 @@ class MainActivity : Activity() {
             return
         }
         val limit = maxTokens.text.toString().toIntOrNull()?.coerceIn(1, 4096) ?: 256
-        val request = Request(prompt = text, image = image, audio = audio, maxNewTokens = limit)
+        val photo = imageFile
+        val side = IMAGE_SIDES[imageSize.selectedItemPosition]
+        val sound = audio
         (getSystemService(INPUT_METHOD_SERVICE) as InputMethodManager).hideSoftInputFromWindow(prompt.windowToken, 0)
         answer.text = ""
         stats.text = "Prefilling …"
@@ -311,7 +345,13 @@ class MainActivity : Activity() {
             val t0 = System.nanoTime()
             var firstToken = 0L
             var tokens = 0
+            var imageNote = ""
             val summary = try {
+                val rgb = photo?.let { f ->
+                    val bitmap = Photos.decode(f, side)
+                    Photos.toRgb(bitmap).also { bitmap.recycle(); imageNote = " · image ${it.width}×${it.height}" }
+                }
+                val request = Request(prompt = text, image = rgb, audio = sound, maxNewTokens = limit)
                 val result = e.generate(request) { step ->
                     if (stopRequested) throw Stopped()
                     if (tokens++ == 0) {
@@ -324,7 +364,7 @@ class MainActivity : Activity() {
                 "adapter: ${result.adapter ?: "none (base model)"}\n" +
                     "${fmt(result.decodeTokensPerSecond, 1)} tokens/s · ${result.tokenIds.size} tokens · " +
                     "prompt ${result.promptTokens} tokens, prefill ${fmt(result.prefillSeconds, 2)} s · " +
-                    "finish: ${result.finishReason}"
+                    "finish: ${result.finishReason} · ${fmt(seconds(t0), 1)} s in all$imageNote"
             } catch (s: Stopped) {
                 val rate = if (tokens > 1) (tokens - 1) / ((System.nanoTime() - firstToken) / 1e9) else 0.0
                 "stopped after $tokens tokens (${fmt(rate, 1)} tokens/s, ${fmt(seconds(t0), 1)} s in all)"
@@ -377,11 +417,9 @@ class MainActivity : Activity() {
             if (it.moveToFirst() && !it.isNull(0)) it.getString(0) else null
         } ?: uri.lastPathSegment ?: "file"
 
-    private fun copyToCache(uri: Uri, name: String): File {
-        val file = File(cacheDir, name)
+    private fun copyTo(uri: Uri, file: File) {
         val input = contentResolver.openInputStream(uri) ?: throw IOException("cannot open $uri")
         input.use { src -> file.outputStream().use { src.copyTo(it) } }
-        return file
     }
 
     private fun readBytes(uri: Uri, limit: Int): ByteArray {

@@ -11,32 +11,28 @@ import phi4edge.engine.RgbImage
 /** Photos as the engine takes them: upright, interleaved 8-bit RGB. */
 object Photos {
     /**
-     * Photos are decoded whole up to this long side, and at a power-of-two fraction above it (a
-     * 48-megapixel photo at a quarter): the engine resizes every image to its crop grid anyway, and
-     * a bitmap this size stays under 64 MB.
+     * Decodes [file] (JPEG, PNG, WebP: whatever BitmapFactory reads), shrunk so that its long side
+     * is at most [maxSide], and turned upright by its EXIF orientation. android.media.ExifInterface
+     * exists at every API level this app runs on, but reads a stream only from API 24 and the app
+     * compiles against API 23: pictures are copied into a file first and EXIF is read by path.
      */
-    private const val MAX_LONG_SIDE = 4096
-
-    /** Long side of the on-screen preview, so the full image need not be kept for display. */
-    private const val PREVIEW_SIDE = 1024
-
-    /**
-     * Decodes [file] (JPEG, PNG, WebP, whatever BitmapFactory reads) and turns it upright by its
-     * EXIF orientation. android.media.ExifInterface exists at every API level this app runs on;
-     * its constructor taking a file path is the one API 23 has (stream constructors came in 24),
-     * which is why pictures are copied into a file before decoding.
-     */
-    fun decode(file: File): Bitmap {
+    fun decode(file: File, maxSide: Int): Bitmap {
         val bounds = BitmapFactory.Options().apply { inJustDecodeBounds = true }
         BitmapFactory.decodeFile(file.path, bounds)
         if (bounds.outWidth <= 0 || bounds.outHeight <= 0) throw IOException("not an image Android can decode")
-        var sample = 1
-        while (maxOf(bounds.outWidth, bounds.outHeight) / sample > MAX_LONG_SIDE) sample *= 2
+        var sample = 1   // the decoder's cheap power-of-two shrink, staying at or above maxSide
+        while (maxOf(bounds.outWidth, bounds.outHeight) / (sample * 2) >= maxSide) sample *= 2
         val options = BitmapFactory.Options().apply {
             inSampleSize = sample
             inPreferredConfig = Bitmap.Config.ARGB_8888
         }
-        val bitmap = BitmapFactory.decodeFile(file.path, options) ?: throw IOException("not an image Android can decode")
+        var bitmap = BitmapFactory.decodeFile(file.path, options) ?: throw IOException("not an image Android can decode")
+        val long = maxOf(bitmap.width, bitmap.height)
+        if (long > maxSide) {   // then bilinear down to maxSide exactly
+            val scaled = Bitmap.createScaledBitmap(bitmap, maxOf(1, bitmap.width * maxSide / long), maxOf(1, bitmap.height * maxSide / long), true)
+            if (scaled !== bitmap) bitmap.recycle()
+            bitmap = scaled
+        }
         return upright(bitmap, orientation(file))
     }
 
@@ -62,13 +58,6 @@ object Photos {
         val turned = Bitmap.createBitmap(bitmap, 0, 0, bitmap.width, bitmap.height, m, true)
         if (turned !== bitmap) bitmap.recycle()
         return turned
-    }
-
-    /** A copy for the screen, at most [PREVIEW_SIDE] on its long side. */
-    fun preview(bitmap: Bitmap): Bitmap {
-        val scale = PREVIEW_SIDE.toFloat() / maxOf(bitmap.width, bitmap.height)
-        if (scale >= 1f) return bitmap
-        return Bitmap.createScaledBitmap(bitmap, maxOf(1, (bitmap.width * scale).toInt()), maxOf(1, (bitmap.height * scale).toInt()), true)
     }
 
     /** ARGB pixels to the engine's interleaved RGB (alpha dropped), one row at a time. */
