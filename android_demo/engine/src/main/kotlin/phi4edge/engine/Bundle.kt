@@ -54,9 +54,9 @@ class Bundle private constructor(val dir: File, val manifest: Manifest) {
             if (!f.isFile) throw BundleException("$dir: '$name' is listed but missing")
             if (f.length() != entry.size) throw BundleException("$dir: '$name' is ${f.length()} bytes, the manifest says ${entry.size}")
         }
-        val graphs = listOfNotNull(manifest.decoderGraph, manifest.vision?.graph, manifest.speech?.graph)
-        for (graph in graphs) {
+        for (graph in manifest.graphs) {
             listed(graph, "a graph")
+            if (manifest.ortGraphs) checkOrtIdentifier(graph)
             for (data in externalData(file(graph))) {
                 val rel = (graph.substringBeforeLast('/', "").let { if (it.isEmpty()) "" else "$it/" }) + data
                 file(rel)
@@ -72,8 +72,17 @@ class Bundle private constructor(val dir: File, val manifest: Manifest) {
         }
     }
 
+    /** An ORT-format graph is a FlatBuffer with file identifier `ORTM` at bytes 4..8. */
+    private fun checkOrtIdentifier(graph: String) {
+        val head = ByteArray(8)
+        val n = FileInputStream(file(graph)).use { it.read(head) }
+        if (n < 8 || String(head, 4, 4, Charsets.ISO_8859_1) != "ORTM") {
+            throw BundleException("$dir: '$graph' is not an ORT-format graph (no ORTM identifier)")
+        }
+    }
+
     private fun externalData(graph: File): Set<String> =
-        if (graph.name.endsWith(".ort")) emptySet()   // ORT format keeps every initializer inside
+        if (manifest.ortGraphs) emptySet()   // ORT format keeps every initializer inside
         else try {
             RandomAccessFile(graph, "r").use { raf ->
                 OnnxExternalData.locations(raf.channel.map(FileChannel.MapMode.READ_ONLY, 0, raf.length()))

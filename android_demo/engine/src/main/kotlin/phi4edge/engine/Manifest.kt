@@ -16,7 +16,8 @@ const val FORMAT = "phi4edge-bundle"
 const val FORMAT_VERSION = 1
 
 /** `requires` names this reader implements (docs/bundle-format.md, rule 3). */
-val FEATURES = setOf("media-inputs")
+val FEATURES = setOf("media-inputs", ORT_GRAPHS)
+const val ORT_GRAPHS = "ort-graphs"
 
 class ModelConfig(
     val hiddenSize: Int, val numLayers: Int, val numHeads: Int, val numKvHeads: Int, val headDim: Int,
@@ -36,6 +37,7 @@ class Manifest(
     val config: ModelConfig, val baseId: String, val decoderGraph: String, val lora: String?,
     val media: Map<String, Int>, val adapters: Map<String, AdapterEntry>, val vision: VisionEntry?,
     val speech: SpeechEntry?, val eosTokenIds: Set<Int>, val files: Map<String, FileEntry>,
+    val ortGraphs: Boolean,   // every graph is ORT format (requires "ort-graphs")
 ) {
     companion object {
         private const val MAX_BYTES = 16 shl 20   // a real manifest is a few KB
@@ -59,8 +61,13 @@ class Manifest(
                 throw BundleException("$source: field 'format_version' is $version; this engine reads version $FORMAT_VERSION" +
                     if (version > FORMAT_VERSION) " (upgrade phi4edge to read newer bundles)" else "")
             }
-            m.opt("requires")?.let { Fields(root, "", source).strings("requires") }?.firstOrNull { it !in FEATURES }?.let {
+            val requires = if (m.opt("requires") == null) emptyList() else m.strings("requires")
+            requires.firstOrNull { it !in FEATURES }?.let {
                 throw BundleException("$source: field 'requires' lists '$it', which this engine does not implement (upgrade phi4edge)")
+            }
+            val ortGraphs = ORT_GRAPHS in requires
+            if ((m.optObj("ort") != null) != ortGraphs) {
+                throw BundleException("$source: field 'ort' must be present exactly when 'requires' lists '$ORT_GRAPHS'")
             }
             val model = m.obj("model")
             val c = model.obj("config")
@@ -89,10 +96,20 @@ class Manifest(
                 val sha = e.string("sha256").also { if (!it.matches(Regex("[0-9a-f]{64}"))) e.fail("sha256", "is not a lowercase hex sha256") }
                 FileEntry(size, sha)
             }
-            return Manifest(config, model.optString("base_id") ?: "", decoder.string("graph"), lora, media, adapters,
-                vision, speech, eos, files)
+            val manifest = Manifest(config, model.optString("base_id") ?: "", decoder.string("graph"), lora, media, adapters,
+                vision, speech, eos, files, ortGraphs)
+            for (graph in manifest.graphs) {
+                if (graph.endsWith(".ort") != ortGraphs) {
+                    throw BundleException("$source: graph '$graph' " + if (ortGraphs) "is not named *.ort although 'requires' lists '$ORT_GRAPHS'"
+                        else "is named *.ort but 'requires' does not list '$ORT_GRAPHS'")
+                }
+            }
+            return manifest
         }
     }
+
+    /** Every graph of the bundle: the decoder's, then the encoders'. */
+    val graphs: List<String> get() = listOfNotNull(decoderGraph, vision?.graph, speech?.graph)
 
     /** `int(base_id[:7], 16)`: what an adapter file records in model_version. */
     val baseModelVersion: Long get() = if (baseId.isEmpty()) 0 else baseId.take(7).toLong(16)

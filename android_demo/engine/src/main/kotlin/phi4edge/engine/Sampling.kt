@@ -19,7 +19,7 @@ internal class Sampler(private val temperature: Float, private val topP: Float, 
     fun next(logits: FloatBuffer, vocab: Int): Int {
         if (temperature == 0f) return argmax(logits, vocab)
         val top = logits.get(argmax(logits, vocab))
-        val order = (0 until vocab).sortedByDescending { logits.get(it) }   // stable: ties keep id order
+        val order = descending(logits, vocab)
         val probs = DoubleArray(vocab) { Math.exp((logits.get(order[it]) - top).toDouble() / temperature) }
         var total = probs.sum()
         var keep = vocab
@@ -38,6 +38,21 @@ internal class Sampler(private val temperature: Float, private val topP: Float, 
     }
 
     companion object {
+        /**
+         * Token ids by descending logit, ties in id order: one primitive sort of (order key, id)
+         * pairs packed in longs, not 200K boxed comparisons per token.
+         */
+        fun descending(logits: FloatBuffer, vocab: Int): IntArray {
+            val keys = LongArray(vocab) {
+                val bits = java.lang.Float.floatToIntBits(logits.get(it))
+                val ascending = if (bits < 0) bits.inv() else bits or Int.MIN_VALUE   // IEEE order, as unsigned
+                val descending = (ascending.toLong() and 0xffffffffL) xor 0xffffffffL
+                ((descending shl 32) or it.toLong()) xor Long.MIN_VALUE   // unsigned order -> signed order
+            }
+            keys.sort()
+            return IntArray(vocab) { (keys[it] and 0xffffffffL).toInt() }
+        }
+
         fun argmax(logits: FloatBuffer, vocab: Int): Int {
             var best = 0
             var value = logits.get(0)
