@@ -94,7 +94,10 @@ def main(out: Path) -> None:
     results = {"bundles": {}, "cases": todo}
     for bundle in bundles:
         model = phi4edge.load(bundle)
-        results["bundles"][bundle.name] = {"answers": {c["name"]: answer(model, c) for c in todo},
+        answers = {c["name"]: answer(model, c) for c in todo}
+        logits = {name: model.score(answers[name]["prompt_ids"], answers[name]["tokens"][:1], adapter=answers[name]["adapter"])[0]
+                  for name in ("text/0", "text-adapter/0")}   # prefill logits, base and with an adapter
+        results["bundles"][bundle.name] = {"answers": answers, "logits": {k: v.tolist() for k, v in logits.items()},
                                            "python_decode_tokens_per_s": speed(model),
                                            "speed_tokens": SPEED_TOKENS}
         print(f"{bundle.name}: {len(todo)} reference answers", flush=True)

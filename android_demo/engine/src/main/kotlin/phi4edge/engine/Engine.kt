@@ -138,6 +138,15 @@ class Engine private constructor(private val bundle: Bundle, private val options
             if (token in stop) "stop" else "length", prompt)
     }
 
+    /** Last-position logits of `ids` with `adapter` (null: none), from an empty cache: for tests. */
+    @Synchronized
+    internal fun logits(ids: IntArray, adapter: String?): FloatArray {
+        decoder.useAdapter(adapter)
+        decoder.reserve(ids.size)
+        val buf = decoder.forward(LongArray(ids.size) { ids[it].toLong() })
+        return FloatArray(manifest.config.vocabSize) { buf.get(it) }
+    }
+
     /** Logits, refused when any is NaN or infinite (corrupt weights or a broken graph). */
     private fun checked(logits: FloatBuffer): FloatBuffer {
         for (i in 0 until manifest.config.vocabSize) {
