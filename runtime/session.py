@@ -47,6 +47,19 @@ def session_options(threads: int | None = None, graph_format: str = "onnx") -> o
     return so
 
 
+def _release(text: str) -> tuple[int, ...]:
+    """'1.32.0' -> (1, 32, 0); local or pre-release tails ('1.33.0.dev2026', '1.32.0+cpu') ignored."""
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = piece[:len(piece) - len(piece.lstrip("0123456789"))]
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):   # '1rc1': a pre-release of 1
+            break
+    return tuple(parts)
+
+
 _LOAD_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
                      ("Fail", "InvalidGraph", "InvalidProtobuf", "InvalidArgument", "NoSuchFile", "RuntimeException"))
 
@@ -57,6 +70,10 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
     cannot load (corrupt, tampered, not the format the manifest says) is a BundleError."""
     m = bundle.manifest
     path = bundle.file(m.graphs[kind])
+    if m.ort is not None and _release(ort.__version__) < _release(m.ort.onnxruntime):
+        # ORT format reads forwards only: 1.29 refused 1.32's decoder (GroupQueryAttention's newer attributes)
+        raise BundleError(f"{bundle.path}: its graphs are ORT format written by onnxruntime {m.ort.onnxruntime}, and this "
+                          f"onnxruntime is {ort.__version__}: upgrade onnxruntime, or use the bundle's ONNX form")
     try:
         return ort.InferenceSession(str(path), session_options(threads, m.graph_format),
                                     providers=resolve_providers(providers))

@@ -209,6 +209,15 @@ def test_tampered_ort_graph_refused(pairs, tmp_path):
         load(weights, verify=True)
 
 
+def test_older_onnxruntime_refused(pairs, monkeypatch):
+    """ORT format reads forwards only: a runtime older than the converter says so."""
+    written = Manifest.read(pairs["int4"][1]).ort.onnxruntime   # type: ignore[union-attr]
+    monkeypatch.setattr(ort, "__version__", "1.0.0")
+    with pytest.raises(BundleError, match=f"written by onnxruntime {written}.*this onnxruntime is 1.0.0: upgrade"):
+        load(pairs["int4"][1])
+    load(pairs["int4"][0])   # the ONNX bundle has no such limit
+
+
 def test_over_2_gib_graph_refused_and_nothing_left(monkeypatch, tmp_path):
     """FlatBuffers stop at 2 GiB (onnxruntime fails to save larger graphs, leaving an empty file):
     such a graph is refused before converting, and the export leaves nothing behind."""
