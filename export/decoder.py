@@ -27,6 +27,7 @@ from ..quant import QuantConfig
 from .graph import Graph
 from .linear import MS, linear
 from .rope import cos_sin
+from .webgpu import PlainAttention, merge_rows
 
 FLOAT = TensorProto.FLOAT
 VOCAB_CHUNK_ROWS = 16384   # rows of the embedding read and quantised at a time
@@ -42,6 +43,7 @@ class DecoderOptions:
     inputs_embeds: bool = False                 # take embeddings instead of token ids
     lora: str | None = None                     # LoRA inputs on every layer linear, in this precision
     media: tuple[tuple[str, int], ...] = ()     # (features input, placeholder token id): image/audio
+    webgpu: bool = False                        # the WebGPU form (export/webgpu.py): plain attention, LoRA inputs
 
 
 def kv_names(layer: int) -> tuple[str, str, str, str]:
@@ -52,6 +54,10 @@ def kv_names(layer: int) -> tuple[str, str, str, str]:
 class DecoderBuilder:
     def __init__(self, g: Graph, cfg: DecoderConfig, weights: Phi3Weights, options: DecoderOptions):
         self.g, self.cfg, self.w, self.opt = g, cfg, weights, options
+        if options.webgpu and options.lora == "int8":
+            raise CheckpointError("--adapter-precision int8 has no WebGPU form (DynamicQuantizeMatMul); choose fp32 or fp16")
+        if options.webgpu and cfg.sliding_window and cfg.sliding_window < cfg.max_position:
+            raise CheckpointError(f"sliding_window {cfg.sliding_window}: the WebGPU form has no sliding-window attention")
         q = options.quant
         if q is not None and cfg.hidden_size % q.block_size:
             raise CheckpointError(f"hidden_size {cfg.hidden_size} is not a multiple of block size "
@@ -95,8 +101,9 @@ class DecoderBuilder:
             g.const(f"{b}.scale", np.ones(out_dim, np.float32))
             low = g.op("DynamicQuantizeMatMul", [x, a, f"{a}.scale"], domain=MS)
             return g.op("DynamicQuantizeMatMul", [low, b, f"{b}.scale"], domain=MS)
-        g.const(a, np.zeros((in_dim, 0), np_type))
-        g.const(b, np.zeros((0, out_dim), np_type))
+        if not self.opt.webgpu:   # the WebGPU form's A/B have no defaults (export/webgpu.py)
+            g.const(a, np.zeros((in_dim, 0), np_type))
+            g.const(b, np.zeros((0, out_dim), np_type))
         if np_type == np.float32:
             return g.op("MatMul", [g.op("MatMul", [x, a]), b])
         low = g.op("MatMul", [g.op("MatMul", [g.op("Cast", [x], to=onnx_type), a]), b])
@@ -147,6 +154,8 @@ class DecoderBuilder:
         tensor and scatter nothing."""
         g, hidden = self.g, self.cfg.hidden_size
         g.input(name, FLOAT, [f"{name}_tokens", hidden])
+        if self.opt.webgpu:
+            return merge_rows(g, embeds, ids, name, token_id, hidden)
         where = g.op("Equal", [ids, g.const(f"{name}_token_id", np.array(token_id, np.int64))])
         positions = g.op("Transpose", [g.op("NonZero", [where])], perm=[1, 0])
         return g.op("ScatterND", [embeds, positions, name], name=f"merge_{name}")
@@ -199,16 +208,21 @@ class DecoderBuilder:
         x = g.op("SimplifiedLayerNormalization", [residual, g.weight("layers.0.input_layernorm", w.norm(0))],
                  epsilon=cfg.rms_norm_eps, axis=-1, stash_type=1)
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_position else -1
+        rows = "inputs_embeds" if self.opt.inputs_embeds else DecoderNames.INPUT_IDS
+        plain = PlainAttention(g, cfg, rows, total_len, cos, sin) if self.opt.webgpu else None
         for i in range(cfg.num_layers):
             past_k, past_v, present_k, present_v = kv_names(i)
             kv_shape = ["batch", cfg.num_kv_heads, "past_seq", cfg.head_dim]
             g.input(past_k, FLOAT, kv_shape)
             g.input(past_v, FLOAT, kv_shape)
             qkv = self.layer_linear(i, "self_attn.qkv_proj", x)
-            attn = g.ops("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total_len, cos, sin],
-                        [f"layers.{i}.attn", present_k, present_v], domain=MS, name=f"layers.{i}.attn",
-                        num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1,
-                        rotary_interleaved=0, local_window_size=window)[0]
+            if plain is not None:
+                attn = plain(i, qkv, past_k, past_v, present_k, present_v)
+            else:
+                attn = g.ops("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total_len, cos, sin],
+                             [f"layers.{i}.attn", present_k, present_v], domain=MS, name=f"layers.{i}.attn",
+                             num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1,
+                             rotary_interleaved=0, local_window_size=window)[0]
             for name in (present_k, present_v):
                 g.output(name, FLOAT, ["batch", cfg.num_kv_heads, "total_seq", cfg.head_dim])
             o = self.layer_linear(i, "self_attn.o_proj", attn)
@@ -218,7 +232,7 @@ class DecoderBuilder:
                                      [f"layers.{i}.attn_norm", "", "", f"layers.{i}.attn_residual"],
                                      domain=MS, epsilon=cfg.rms_norm_eps)
             gate_up = self.layer_linear(i, "mlp.gate_up_proj", x)
-            gate, up = g.ops("Split", [gate_up], 2, axis=-1, num_outputs=2)
+            gate, up = g.split(gate_up, [cfg.intermediate_size, cfg.intermediate_size], axis=-1)
             act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
             down = self.layer_linear(i, "mlp.down_proj", act)
             last = i == cfg.num_layers - 1

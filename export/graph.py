@@ -86,6 +86,13 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, inputs, names, name=name, domain=domain or None, **attrs))
         return names
 
+    def split(self, x: str, sizes: list[int], axis: int, name: str | None = None) -> list[str]:
+        """Split `x` into pieces of the given sizes along `axis`. The sizes are an input, not
+        opset 18's num_outputs attribute: onnxruntime-web's WebGPU EP failed shape inference on
+        Split(num_outputs), and CPU runs both forms alike."""
+        key = f"split_{'_'.join(map(str, sizes))}"
+        return self.ops("Split", [x, self.const(key, np.array(sizes, np.int64))], len(sizes), name=name, axis=axis)
+
     def model(self, opset: int = 21) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, producer_name="phi4edge",

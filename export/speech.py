@@ -36,14 +36,16 @@ class SpeechBuilder:
     def mlp(self, p: str, x: str) -> str:
         g = self.g
         up_gate = self.ops.linear(f"{p}.gate_up_proj", self.ops.layer_norm(f"{p}.layer_norm", x))
-        up, gate = g.ops("Split", [up_gate], 2, axis=-1, num_outputs=2)
+        half = self.w.get(f"{p}.gate_up_proj.weight").shape[0] // 2
+        up, gate = g.split(up_gate, [half, half], axis=-1)
         return self.ops.linear(f"{p}.down_proj", g.op("Mul", [up, self.swish(gate)]))
 
     def conv_module(self, p: str, x: str) -> str:
         g, c = self.g, self.cfg
         h = g.op("Transpose", [self.ops.layer_norm(f"{p}.layer_norm", x)], perm=[0, 2, 1])    # [B, D, L]
         h = self.conv(f"{p}.glu.ext_pw_conv_1d", h)
-        lin, gate = g.ops("Split", [h], 2, axis=1, num_outputs=2)
+        half = self.w.get(f"{p}.glu.ext_pw_conv_1d.weight").shape[0] // 2
+        lin, gate = g.split(h, [half, half], axis=1)
         b1 = g.weight(f"speech.{p}.glu.b1", self.w.get(f"{p}.glu.b1"))
         b2 = g.weight(f"speech.{p}.glu.b2", self.w.get(f"{p}.glu.b2"))
         h = g.op("Mul", [g.op("Add", [lin, b1]), self.swish(g.op("Add", [gate, b2]))])
