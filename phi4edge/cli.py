@@ -154,6 +154,73 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
                    err=True)
 
 
+def _engine_options(fn):
+    """Options `serve` and `chat` share: how the model runs and what an answer may cost."""
+    options = [
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores)."),
+        click.option("--provider", "providers", multiple=True, help="Execution provider (repeatable, as in 'run')."),
+        click.option("--max-context", type=click.IntRange(min=16), default=None,
+                     help="Cap on tokens per conversation (bounds the KV cache's memory; default: the model's)."),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+                     help="Answer length when a request names none."),
+        click.option("--temperature", type=click.FloatRange(min=0, max=2), default=0.0, show_default=True,
+                     help="Sampling temperature when a request names none (0: greedy, as 'run')."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True)
+@click.option("--api-key", default=None, envvar="PHI4EDGE_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on /v1 (also read from $PHI4EDGE_API_KEY).")
+@click.option("--max-queue", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Requests that may wait behind the running one; more are refused with 429.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="Seconds per request, waiting included: not started by then, 503; answering, cut short.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
+              help="Largest request body (base64 images and audio included); larger ones get 413.")
+@click.option("--allow-local-files", is_flag=True, help="Let image_url and input_audio name files on this machine.")
+@_engine_options
+@friendly_errors
+def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int, timeout: float, max_body_mb: float,
+          allow_local_files: bool, threads: int | None, providers: tuple[str, ...], max_context: int | None,
+          max_tokens: int, temperature: float) -> None:
+    """Serve a bundle over an OpenAI-compatible HTTP API (needs: pip install 'phi4edge[serve]')."""
+    try:
+        from .runtime.serve.app import ServerSettings
+        from .runtime.serve.app import serve as run_server
+    except ImportError as e:
+        raise click.ClickException(f"'phi4edge serve' needs {e.name}: pip install 'phi4edge[serve]'") from None
+    from .runtime.serve.engine import load_engine
+    from .runtime.serve.protocol import Limits
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use it", err=True)
+    limits = Limits(max_tokens=max_tokens, temperature=temperature, allow_local_files=allow_local_files)
+    settings = ServerSettings(host, port, api_key, max_queue, timeout, int(max_body_mb * 2 ** 20), limits=limits)
+    run_server(load_engine(bundle, threads, list(providers), max_context), settings)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--system", default=None, help="System message for the conversation.")
+@click.option("--adapter", default=None, help="Adapter to use (default: routed by modality; 'none': the base model).")
+@_engine_options
+@friendly_errors
+def chat(bundle: str, system: str | None, adapter: str | None, threads: int | None, providers: tuple[str, ...],
+         max_context: int | None, max_tokens: int, temperature: float) -> None:
+    """Chat with a bundle in the terminal (/help lists the commands; Ctrl-C stops an answer)."""
+    from .runtime.sampling import SamplingParams
+    from .runtime.serve.chat import Chat
+    from .runtime.serve.engine import load_engine
+    engine = load_engine(bundle, threads, list(providers), max_context)
+    Chat(engine, system=system, adapter=adapter, max_tokens=max_tokens,
+         sampling=SamplingParams(temperature=temperature)).loop()
+
+
 @main.command("bench")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)

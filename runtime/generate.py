@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,11 +13,13 @@ import numpy as np
 from ..bundle import CHAT_TEMPLATE, TOKENIZER, TOKENIZER_CONFIG, Bundle, open_bundle
 from ..errors import BundleError, RequestError
 from ..format import SpeechNames, VisionNames
+from ..providers import node_counts
 from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
 from .image import ImageSettings, PreparedImage, load_image, preprocess
+from .prompt_cache import CachedPrefix, digest, position_keys
 from .sampling import Sampler, SamplingParams
-from .session import DecoderSession
 from .speech import SpeechEncoder
+from .static import open_decoder
 from .tokenizer import ChatTokenizer
 from .vision import VisionEncoder
 
@@ -25,6 +27,8 @@ from .vision import VisionEncoder
 # this many characters per context token cannot fit and is refused before tokenising it.
 MAX_CHARS_PER_TOKEN = 64
 NO_ADAPTER = "none"   # generate(adapter=NO_ADAPTER): the base model even for image/audio requests
+# stream(logits_processor=f): f(generated ids so far, logits) -> the logits to sample from
+LogitsProcessor = Callable[[list[int], np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Model:
         self.tokenizer = ChatTokenizer(b.file(TOKENIZER), b.optional_file(TOKENIZER_CONFIG),
                                        b.optional_file(CHAT_TEMPLATE))
         self.lock = threading.RLock()   # one request at a time: see the class docstring
-        self.decoder = DecoderSession(self.bundle, threads, providers)
+        self.decoder = open_decoder(self.bundle, threads, providers)
         self._threads, self._providers = threads, providers
         self._vision: VisionEncoder | None = None   # encoders load on first use
         self._speech: SpeechEncoder | None = None
@@ -76,6 +80,7 @@ class Model:
         # LongRoPE: the cache holds keys rotated with the short factors until the sequence outgrows
         # the original context; then transformers recomputes it once with the long factors.
         self.rope_switch = cfg.original_max_position if cfg.rope_kind == "longrope" else None
+        self.cached: CachedPrefix | None = None   # what the KV cache holds, for stream(reuse_prefix=True)
 
     def encode(self, prompt: str, chat_template: bool = True, system: str | None = None,
                images: Sequence[PreparedImage] = (), audios: Sequence[PreparedAudio] = ()) -> list[int]:
@@ -158,6 +163,11 @@ class Model:
         encoder = self._vision
         return np.concatenate([encoder(i) for i in images])
 
+    def node_counts(self) -> dict[str, dict[str, int]]:
+        """{graph kind: {execution provider: nodes it runs}} for the graphs loaded so far."""
+        encoders = {kind: e.session for kind, e in (("vision", self._vision), ("speech", self._speech)) if e is not None}
+        return {kind: node_counts(s) for kind, s in (self.decoder.sessions() | encoders).items()}
+
     @property
     def adapters(self) -> list[str]:
         return self.decoder.adapters.names
@@ -176,7 +186,7 @@ class Model:
         """Register an .onnx_adapter file from outside the bundle (checked against this base at first use)."""
         self.decoder.adapters.add(name, path)
 
-    def check_prompt(self, prompt_ids: object, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def check_prompt(self, prompt_ids: object, media: Mapping[str, Sized] | None = None) -> np.ndarray:
         """The prompt as int64 ids, refused unless every id is in the vocabulary and each media
         placeholder id has exactly one row of features (placeholders never reach the decoder bare)."""
         if isinstance(prompt_ids, (str, bytes)) or not hasattr(prompt_ids, "__len__"):
@@ -218,45 +228,57 @@ class Model:
             return self._logits(np.asarray(sequence, np.int64), media)
         return self._logits(last)
 
-    def _tokens(self, prompt: np.ndarray, max_new_tokens: int, sampling: SamplingParams, timings: dict,
-                adapter: str | None, media: dict[str, np.ndarray] | None, stop: set[int],
-                logprobs: bool) -> Iterator[tuple[int, float | None]]:
-        """(token id, log-probability) pairs, the end token included (as transformers does)."""
-        n = len(prompt)
+    def _budget(self, n: int, max_new_tokens: int) -> int:
         if n >= self.context_length:
             raise RequestError(f"the prompt is {n} tokens; this model's context is {self.context_length} "
                                f"tokens, so at most {self.context_length - 1} fit with room to answer")
-        budget = min(max_new_tokens, self.context_length - n)
-        if budget <= 0:
-            return
+        return min(max_new_tokens, self.context_length - n)
+
+    def _tokens(self, prompt: np.ndarray, budget: int, sampling: SamplingParams, timings: dict,
+                adapter: str | None, media: Inputs, stop: set[int], logprobs: bool,
+                processor: LogitsProcessor | None = None) -> Generator[tuple[int, float | None], None, None]:
+        """(token id, log-probability) pairs, the end token included (as transformers does).
+        Prefills prompt[media.keep:] after the cached prefix; self.cached says what the KV cache
+        holds whenever this stops (finished, closed or failed)."""
+        n, keep = len(prompt), media.keep
         sample = Sampler(sampling)
         self.decoder.use_adapter(adapter)
-        self.decoder.reserve(n + budget)
+        if not keep:
+            self.decoder.reserve(media.capacity or n + budget)
+        self.decoder.length = keep   # a rewind to the shared prefix: later positions are overwritten
         start = time.perf_counter()
-        logits = self._logits(prompt, media)
-        token = np.zeros(1, np.int64)
-        token[0] = sample(logits)
-        first = time.perf_counter()
-        timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n)
         sequence = prompt.tolist()
-        generated = 0
-        while True:
-            generated += 1
-            sequence.append(int(token[0]))
-            yield int(token[0]), logprob(logits, int(token[0])) if logprobs else None
-            if int(token[0]) in stop or generated >= budget:
-                break
-            logits = self._advance(token, sequence, media)
-            token[0] = sample(logits)
-        decode_s = time.perf_counter() - first
-        timings.update(decode_tokens=generated - 1,
-                       decode_tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else None)
+        generated: list[int] = []
+        try:
+            logits = self._logits(prompt[keep:], media.fed)
+            token = np.zeros(1, np.int64)
+            token[0] = sample(processor(generated, logits) if processor else logits)
+            first = time.perf_counter()
+            timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n, cached_tokens=keep)
+            while True:
+                generated.append(int(token[0]))
+                sequence.append(int(token[0]))
+                yield int(token[0]), logprob(logits, int(token[0])) if logprobs else None
+                if int(token[0]) in stop or len(generated) >= budget:
+                    break
+                logits = self._advance(token, sequence, media.all)
+                token[0] = sample(processor(generated, logits) if processor else logits)
+            decode_s = time.perf_counter() - first
+            timings.update(decode_tokens=len(generated) - 1,
+                           decode_tokens_per_s=(len(generated) - 1) / decode_s if len(generated) > 1 and decode_s > 0
+                           else None)
+        finally:
+            held = self.decoder.length   # positions < length are valid even after a failed step
+            keys = media.keys + generated if media.keys is not None else None
+            self.cached = None if keys is None else CachedPrefix(
+                tuple(keys[:held]), adapter, self.rope_switch is not None and held > self.rope_switch)
 
     def score(self, prompt_ids: list[int], continuation: list[int], adapter: str | None = None,
               media: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Teacher-forced logits [len(continuation), vocab]: row i scores continuation[i] after the
         prompt and continuation[:i]."""
         with self.lock:
+            self.cached = None   # score() rewrites the KV cache without keys
             prompt = self.check_prompt(prompt_ids, media)
             rest = self.check_prompt(list(continuation)) if len(continuation) else np.zeros(0, np.int64)
             if len(prompt) + len(rest) > self.context_length:
@@ -271,15 +293,23 @@ class Model:
                 rows.append(self._advance(last, sequence, media).copy())
             return np.stack(rows)
 
-    def stream(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
+    def stream(self, prompt: str | list[int] | None, max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                chat_template: bool = True, system: str | None = None, adapter: str | None = None,
                images: Sequence = (), audios: Sequence = (), stop_token_ids: set[int] | None = None,
-               request: dict | None = None, logprobs: bool = True) -> Iterator[Step]:
+               request: dict | None = None, logprobs: bool = True, reuse_prefix: bool = False,
+               logits_processor: LogitsProcessor | None = None,
+               messages: list[dict] | None = None) -> Generator[Step, None, None]:
         """Answer one prompt step by step (see `generate` for the arguments). `stop_token_ids`
         replaces the bundle's end ids (an empty set: run to max_new_tokens). `request`, if given, is
-        filled with prompt_token_ids, adapter and timings. `logprobs=False` skips the one pass over
-        the vocabulary each step costs (1.2% of decode at 4 layers). Holds the model's lock until
-        the stream ends or is closed."""
+        filled with prompt_token_ids, adapter and timings (prompt_tokens, cached_tokens: how many of
+        them were not prefilled again). `logprobs=False` skips the one pass over the vocabulary each
+        step costs (1.2% of decode at 4 layers). `messages` ({"role", "content"} dicts; prompt None)
+        replace `prompt` and `system` with a whole conversation. `reuse_prefix`: keep the positions the KV
+        cache already holds from the previous request where this prompt starts with them (same
+        adapter; images and audio identified by content) and prefill only the rest; the answer is
+        the one a fresh prefill gives. `logits_processor(generated ids, logits)` returns the logits
+        to sample from (constrained decoding); log-probabilities stay the model's. Holds the
+        model's lock until the stream ends or is closed."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(sampling, SamplingParams):
@@ -287,47 +317,106 @@ class Model:
         stop = self.eos_token_ids if stop_token_ids is None else set(stop_token_ids)
         info = request if request is not None else {}
         with self.lock:
-            prompt_ids, adapter, media = self._prepare(prompt, chat_template, system, adapter, list(images),
-                                                       list(audios), info.setdefault("timings", {}))
-            ids = self.check_prompt(prompt_ids, media)
+            timings = info.setdefault("timings", {})
+            ids, adapter, media = self._prepare(prompt, chat_template, system, adapter, list(images), list(audios),
+                                                messages, reuse_prefix, max_new_tokens, timings)
             info.update(prompt_token_ids=ids.tolist(), adapter=adapter)
             text = self.tokenizer.stream()
             pending = None
-            for token, lp in self._tokens(ids, max_new_tokens, sampling, info["timings"], adapter, media, stop,
-                                          logprobs):
-                if pending is not None:
-                    yield pending
-                pending = Step(token, text.step(token), lp)
+            tokens = self._tokens(ids, self._budget(len(ids), max_new_tokens), sampling, timings, adapter, media, stop,
+                                  logprobs, logits_processor)
+            try:
+                for token, lp in tokens:
+                    if pending is not None:
+                        yield pending
+                    pending = Step(token, text.step(token), lp)
+            finally:
+                tokens.close()   # records what the KV cache holds before the lock is released
             if pending is not None:
                 yield Step(pending.token_id, pending.text, pending.logprob,
                            "stop" if pending.token_id in stop else "length")
 
     def _prepare(self, prompt, chat_template: bool, system: str | None, adapter: str | None, images: list,
-                 audios: list, timings: dict) -> tuple[list[int], str | None, dict[str, np.ndarray] | None]:
-        """Prompt ids, the adapter to run (routed by modality unless named) and the media features."""
+                 audios: list, messages: list[dict] | None, reuse: bool, max_new_tokens: int,
+                 timings: dict) -> tuple[np.ndarray, str | None, Inputs]:
+        """Checked prompt ids, the adapter to run (routed by modality unless named) and the media
+        features the prefill needs (none for media inside a reused prefix)."""
         prepared = [self.prepare_image(i) for i in images]
         mels = [self.prepare_audio(a) for a in audios]
-        if isinstance(prompt, str):
+        if messages is not None:
+            prompt_ids = self.encode_messages(messages, prepared, mels)
+        elif isinstance(prompt, str):
             prompt_ids = self.encode(prompt, chat_template, system, prepared, mels)
         elif isinstance(prompt, bytes) or not hasattr(prompt, "__len__"):
             raise RequestError(f"the prompt must be text (str) or a list of token ids, not {type(prompt).__name__}")
         else:
             prompt_ids = list(prompt)
-        media = {}
-        if prepared:
-            start = time.perf_counter()
-            media[VisionNames.IMAGE_FEATURES] = self.image_features(prepared)
-            timings["image_encode_ms"] = (time.perf_counter() - start) * 1e3
-        if mels:
-            start = time.perf_counter()
-            media[SpeechNames.DECODER_INPUT] = self.audio_features(mels, with_image=bool(prepared))
-            timings["audio_encode_ms"] = (time.perf_counter() - start) * 1e3
-        if adapter is None and media:
+        if adapter is None and (prepared or mels):
             wanted = "vision" if prepared else "speech"
             adapter = wanted if wanted in self.adapters else None
         elif adapter == NO_ADAPTER:
             adapter = None
-        return prompt_ids, adapter, media or None
+        items: dict[str, list] = {}
+        if prepared:
+            items[VisionNames.IMAGE_FEATURES] = prepared
+        if mels:
+            items[SpeechNames.DECODER_INPUT] = mels
+        ids = self.check_prompt(prompt_ids, {name: range(sum(i.num_tokens for i in its)) for name, its in items.items()})
+        budget = self._budget(len(ids), max_new_tokens)
+        inputs = Inputs()
+        if reuse:
+            with_image = bool(prepared).to_bytes(1, "little")
+            digests = {name: [digest(*((i.pixel_values, i.patch_mask) if isinstance(i, PreparedImage) else (i.features,)),
+                                     salt=with_image) for i in its] for name, its in items.items()}
+            keys = position_keys(ids.tolist(), {self.bundle.manifest.decoder.media[name]: list(zip(
+                digests[name], [i.num_tokens for i in its])) for name, its in items.items()})
+            long_rope = self.rope_switch is not None and len(ids) > self.rope_switch
+            keep = self.cached.shared(keys, adapter, long_rope) if self.cached else 0
+            # grown geometrically, so that the next turns fit without a new (empty) cache
+            capacity = self.decoder.capacity if keep and len(ids) + budget <= self.decoder.capacity else \
+                min(self.context_length, 2 * (len(ids) + budget))
+            inputs = Inputs(keep if capacity == self.decoder.capacity else 0, keys, capacity)
+        # every item is encoded when the LongRoPE switch may run the whole sequence again
+        switch = self.rope_switch is not None and len(ids) <= self.rope_switch < len(ids) + budget
+        inputs.fed, inputs.all = self._features(items, ids, inputs.keep, switch, timings)
+        return ids, adapter, inputs
+
+    def encode_messages(self, messages: list[dict], images: Sequence[PreparedImage] = (),
+                        audios: Sequence[PreparedAudio] = ()) -> list[int]:
+        """Prompt ids for a conversation, with each image's and audio's placeholder tokens."""
+        chars = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+        if chars > MAX_CHARS_PER_TOKEN * self.context_length:
+            raise RequestError(f"the conversation is {chars} characters: far more than this model's context of "
+                               f"{self.context_length} tokens holds (refused before tokenising, to bound memory)")
+        media: dict[str, tuple[int, list[int]]] = {}
+        if images and self.image_token_id is not None:
+            media["image"] = (self.image_token_id, [i.num_tokens for i in images])
+        if audios and self.audio_token_id is not None:
+            media["audio"] = (self.audio_token_id, [a.num_tokens for a in audios])
+        return self.tokenizer.encode_messages(messages, media or None)
+
+    def _features(self, items: dict[str, list], ids: np.ndarray, keep: int, everything: bool,
+                  timings: dict) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
+        """Features for the placeholders in ids[keep:] (only the items they need are encoded), and
+        for all of them when `everything` (else None)."""
+        fed: dict[str, np.ndarray] = {}
+        full: dict[str, np.ndarray] = {}
+        with_image = VisionNames.IMAGE_FEATURES in items
+        for name, its in items.items():
+            cached_rows = int((ids[:keep] == self.bundle.manifest.decoder.media[name]).sum())
+            ends = np.cumsum([i.num_tokens for i in its])
+            first = 0 if everything else int(np.searchsorted(ends, cached_rows, side="right"))
+            if first == len(its):
+                continue
+            start = time.perf_counter()
+            encoded = self.image_features(its[first:]) if name == VisionNames.IMAGE_FEATURES else \
+                self.audio_features(its[first:], with_image)
+            timings[f"{name.split('_')[0]}_encode_ms"] = (time.perf_counter() - start) * 1e3
+            skip = cached_rows - (int(ends[first - 1]) if first else 0)
+            fed[name] = encoded[skip:]
+            if everything:
+                full[name] = encoded
+        return fed or None, (full or None) if everything else None
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  chat_template: bool = True, system: str | None = None, adapter: str | None = None,
@@ -348,6 +437,19 @@ class Model:
         ids = [s.token_id for s in steps]
         return GenerationResult(self.tokenizer.decode(ids), ids, request["prompt_token_ids"],
                                 steps[-1].finish_reason or "length", request["timings"], request["adapter"])
+
+
+@dataclass
+class Inputs:
+    """What a request prefills: the cached positions it keeps, every position's key (None: the
+    request records none), the KV capacity to reserve, and the media features for the fed
+    positions and (when the LongRoPE switch may rerun the sequence) for all of them."""
+
+    keep: int = 0
+    keys: list | None = None
+    capacity: int | None = None
+    fed: dict[str, np.ndarray] | None = None
+    all: dict[str, np.ndarray] | None = None
 
 
 def logprob(logits: np.ndarray, token: int) -> float:
