@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 
 from ..bundle import file_table, read_tokenizer
 from ..errors import CheckpointError
-from ..format import MEDIA_INPUTS, Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
+from ..format import MEDIA_INPUTS, WEBGPU_DECODER, Decoder, Generation, Manifest, Model, ModelConfig, Quantization, Speech, Vision
 from ..models.checkpoint import Checkpoint
 from ..models.config import DecoderConfig, load_config
 from ..models.lora import LoraAdapter, check_fits, read_peft
@@ -81,12 +81,13 @@ def export_encoder(encoder: Encoder, quant: QuantConfig | None, out: Path, show_
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
-                 lora: bool = False, graph_format: str = "onnx") -> Path:
+                 lora: bool = False, graph_format: str = "onnx", webgpu: bool = False) -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
     adapters can be brought later). adapter_precision: fp32 or fp16 LoRA weights. graph_format:
     "onnx", or "ort" for onnxruntime's ORT format (export/mobile.py; staged as ONNX, then converted).
+    webgpu: the decoder's WebGPU form (export/webgpu.py; the bundle requires "webgpu-decoder").
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if precision not in ("int4", "fp32"):
@@ -115,7 +116,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         data = WeightFile(tmp / "decoder.onnx.data")
         graph = Graph("phi3_decoder", data)
         with progress(cfg.num_layers, "export decoder", "layer", show_progress) as tick:
-            DecoderBuilder(graph, cfg, weights, DecoderOptions(quant=quant, lora=lora_dtype, media=media)).build(lambda _: tick())
+            options = DecoderOptions(quant=quant, lora=lora_dtype, media=media, webgpu=webgpu)
+            DecoderBuilder(graph, cfg, weights, options).build(lambda _: tick())
         data.close()
         sections = {e.kind: export_encoder(e, quant, tmp, show_progress) for e in encoders}
         adapter_entries = {}
@@ -141,7 +143,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]
             generation=Generation(eos_token_ids=stop_ids),
             files={},
-            requires=[MEDIA_INPUTS] if media else [],
+            requires=([MEDIA_INPUTS] if media else []) + ([WEBGPU_DECODER] if webgpu else []),
         )
         if graph_format == "ort":
             onnx_manifest = manifest

@@ -31,7 +31,12 @@ MEDIA_INPUTS = "media-inputs"
 # than ONNX; the manifest's `ort` section says how they were converted. A reader that passes graphs
 # to onnxruntime by path implements it by loading them as ORT format.
 ORT_GRAPHS = "ort-graphs"
-FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS, ORT_GRAPHS})
+# "webgpu-decoder": the decoder is the WebGPU form (export/webgpu.py, docs/webgpu.md): LoRA A/B are
+# plain inputs without defaults, fed on every call (rank-1 zeros for the base model on WebGPU), and
+# past and present key/values are distinct tensors (present = past, then the new rows), so one
+# buffer must not be bound to both.
+WEBGPU_DECODER = "webgpu-decoder"
+FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS, ORT_GRAPHS, WEBGPU_DECODER})
 ORT_SUFFIX = ".ort"
 ORT_FILE_IDENTIFIER = b"ORTM"            # bytes 4..8 of an ORT-format file (its FlatBuffers file identifier)
 MAX_MANIFEST_BYTES = 16 << 20            # a real manifest is a few KB; refuse to parse anything huge
