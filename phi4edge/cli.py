@@ -180,14 +180,16 @@ def _engine_options(fn):
 @click.option("--max-queue", type=click.IntRange(min=0), default=8, show_default=True,
               help="Requests that may wait behind the running one; more are refused with 429.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
-              help="Seconds per request, waiting included: not started by then, 503; answering, cut short.")
+              help="Seconds per request, waiting included; an answer still going then is cut short.")
+@click.option("--queue-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a request may wait for its turn; not started by then, it gets 503.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
               help="Largest request body (base64 images and audio included); larger ones get 413.")
 @click.option("--allow-local-files", is_flag=True, help="Let image_url and input_audio name files on this machine.")
 @_engine_options
 @friendly_errors
-def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int, timeout: float, max_body_mb: float,
-          allow_local_files: bool, threads: int | None, providers: tuple[str, ...], max_context: int | None,
+def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int, timeout: float, queue_timeout: float,
+          max_body_mb: float, allow_local_files: bool, threads: int | None, providers: tuple[str, ...], max_context: int | None,
           max_tokens: int, temperature: float) -> None:
     """Serve a bundle over an OpenAI-compatible HTTP API (needs: pip install 'phi4edge[serve]')."""
     try:
@@ -200,7 +202,8 @@ def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach it can use it", err=True)
     limits = Limits(max_tokens=max_tokens, temperature=temperature, allow_local_files=allow_local_files)
-    settings = ServerSettings(host, port, api_key, max_queue, timeout, int(max_body_mb * 2 ** 20), limits=limits)
+    settings = ServerSettings(host, port, api_key, max_queue, timeout, queue_timeout, int(max_body_mb * 2 ** 20),
+                              limits=limits)
     run_server(load_engine(bundle, threads, list(providers), max_context), settings)
 
 

@@ -3,7 +3,7 @@
 POST /v1/chat/completions (JSON or server-sent events), GET /v1/models, GET /health. Errors are
 OpenAI-shaped ({"error": {"message", "type", "param", "code"}}) with the matching status: 400 bad
 request, 401 missing/wrong key, 404 unknown model or route, 413 body too large, 415 not JSON,
-429 queue full, 503 not started within the time limit (and from uvicorn past --max-connections).
+429 queue full, 503 not started in time (and from uvicorn past its connection limit).
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ class ServerSettings:
     port: int = 8080
     api_key: str | None = None
     max_queue: int = 8                 # requests waiting behind the running one; more get 429
-    timeout_s: float = 300.0           # per request, queueing included; then cut (finish_reason "length")
+    timeout_s: float = 300.0           # per request, waiting included; then cut (finish_reason "length")
+    queue_timeout_s: float = 60.0      # waiting longer than this to start: 503
     max_body_bytes: int = 32 << 20     # base64 media included
     max_connections: int = 64          # uvicorn answers 503 past this many open connections
     prepare_threads: int = 2           # requests decoding media / compiling schemas at once
@@ -107,7 +108,8 @@ def create_app(engine: Engine, settings: ServerSettings = ServerSettings(), mode
         except RequestError as e:
             raise ApiError(400, str(e)) from None
         assert scheduler is not None
-        job = Job(turn, time.monotonic() + settings.timeout_s)
+        now = time.monotonic()
+        job = Job(turn, now + settings.queue_timeout_s, now + settings.timeout_s)
         if not scheduler.submit(job):
             raise ApiError(429, f"{settings.max_queue} requests are already waiting; retry shortly",
                            "rate_limit_error", "queue_full", headers={"Retry-After": "1"})

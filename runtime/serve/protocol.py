@@ -129,6 +129,7 @@ def _messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[str, 
         raise RequestError(f"'messages' has {len(raw)} entries; at most {limits.max_messages}")
     messages: list[dict] = []
     media: list[tuple[str, bytes | Path, str]] = []
+    texts: list[str] = []   # what the client wrote, to check for references once the media are known
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ROLES:
@@ -141,11 +142,14 @@ def _messages(raw: object, limits: Limits) -> tuple[list[dict], list[tuple[str, 
             raise RequestError(f"{where}.content must be text or a list of content parts")
         text = ""
         for j, part in enumerate(parts):
-            text += _part(part, f"{where}.content[{j}]", m["role"], media, limits)
+            piece = _part(part, f"{where}.content[{j}]", m["role"], media, limits)
+            if part.get("type") == "text":
+                texts.append(piece)
+            text += piece
         messages.append({"role": ROLES[m["role"]], "content": text})
     kinds = {kind for kind, _, _ in media}
-    for m in messages:
-        if any(ref.group(1) in kinds for ref in REFERENCE.finditer(m["content"])):
+    for text in texts:
+        if any(ref.group(1) in kinds for ref in REFERENCE.finditer(text)):
             raise RequestError("message text may not contain <|image_N|> or <|audio_N|> references: "
                                "send media as image_url / input_audio parts")
     return messages, media

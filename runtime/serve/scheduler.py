@@ -3,7 +3,8 @@
 The decoder is batch 1 with one KV cache, so requests cannot decode side by side; a first-come,
 first-served queue is fair (nobody overtakes, nobody starves) and its bound turns a flood into
 prompt refusals (429) instead of unbounded waiting and memory. Each request carries a deadline
-and a cancel flag, checked while it waits and after every token it generates.
+to start by (past it, 503), a deadline to finish by (then it is cut short) and a cancel flag,
+checked when it leaves the queue and after every token it generates.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ class Failed:
 class Job:
     """One queued request; its events (engine Deltas, Finished, or Failed) arrive on `events`."""
 
-    def __init__(self, turn: Turn, deadline: float):
+    def __init__(self, turn: Turn, start_by: float, deadline: float):
         self.turn = turn
-        self.deadline = deadline            # time.monotonic() by which it must be answered
+        self.start_by = start_by            # time.monotonic() by which it must leave the queue
+        self.deadline = deadline            # ... and by which its answer ends
         self.cancel = threading.Event()     # the client went away
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
@@ -92,8 +94,8 @@ class Scheduler:
     def _run(self, job: Job) -> None:
         if job.cancel.is_set():   # the client left while it waited
             return
-        if job.should_stop():
-            job.emit(Failed(503, "the server was too busy to start this request within its time limit",
+        if time.monotonic() > job.start_by:
+            job.emit(Failed(503, "the server was too busy to start this request in time; retry later",
                             "server_error", "timeout"))
             return
         try:
