@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -78,6 +78,58 @@ def export_encoder(encoder: Encoder, quant: QuantConfig | None, out: Path, show_
     return encoder.entry(f"{kind}.onnx")
 
 
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint folder read and checked for export, before anything is written."""
+
+    folder: Path
+    cfg: DecoderConfig
+    tokenizer: Tokenizer
+    family: Family
+    weights: Phi3Weights
+    adapters: list[LoraAdapter]          # the family's own and those given with --adapter
+    adapter_dirs: list[Path]
+    base_id: str
+    encoders: list[Encoder]
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Folders the export reads (staging refuses an output inside them)."""
+        return [self.folder, *self.adapter_dirs]
+
+    def model(self) -> Model:
+        """The manifest's `model` section."""
+        return Model(family=self.family.name, source=self.folder.resolve().name, base_id=self.base_id,
+                     config=ModelConfig(**self.cfg.to_json()))
+
+    def generation(self) -> Generation:
+        return Generation(eos_token_ids=stop_token_ids(self.folder, self.cfg, self.tokenizer))
+
+    def copy_files(self, out: Path) -> None:
+        """The tokenizer files and config.json, as the checkpoint has them."""
+        for name in TOKENIZER_FILES + ("config.json",):
+            if (self.folder / name).is_file():
+                shutil.copy2(self.folder / name, out / name)
+
+
+def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = None) -> Source:
+    """Read a Phi-3-family checkpoint folder (and extra PEFT adapter folders by name), checking
+    every tensor's presence and shape."""
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir)
+    tok_path = model_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise CheckpointError(f"{tok_path}: not found (phi4edge needs the fast tokenizer file)")
+    tokenizer = read_tokenizer(tok_path, CheckpointError)
+    family = family_for(cfg)
+    ckpt = Checkpoint(model_dir)
+    weights = Phi3Weights(ckpt, cfg)
+    weights.check()   # every tensor present and shaped right before anything is written
+    extra = {k: Path(v) for k, v in (adapters or {}).items()}
+    return Source(model_dir, cfg, tokenizer, family, weights, find_adapters(family, model_dir, ckpt, cfg, extra),
+                  list(extra.values()), base_model_id(cfg, weights), family.encoders(ckpt, cfg, tokenizer, model_dir))
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
@@ -97,22 +149,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     if graph_format not in ("onnx", "ort"):
         raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
     quant = QuantConfig(block_size=block_size) if precision == "int4" else None
-    cfg = load_config(model_dir)
-    tok_path = model_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise CheckpointError(f"{tok_path}: not found (phi4edge needs the fast tokenizer file)")
-    tokenizer = read_tokenizer(tok_path, CheckpointError)
-    family = family_for(cfg)
-    ckpt = Checkpoint(model_dir)
-    weights = Phi3Weights(ckpt, cfg)
-    weights.check()   # every tensor present and shaped right before anything is written
-    loras = find_adapters(family, model_dir, ckpt, cfg, {k: Path(v) for k, v in (adapters or {}).items()})
+    src = read_source(model_dir, adapters)
+    cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
     lora_dtype = adapter_precision if (loras or lora) else None
-    base_id = base_model_id(cfg, weights)
-    encoders = family.encoders(ckpt, cfg, tokenizer, model_dir)
     media = tuple((e.media_input, e.token_id) for e in encoders)
 
-    with staging(out_dir, force, [model_dir, *(Path(p) for p in (adapters or {}).values())]) as tmp:
+    with staging(out_dir, force, src.inputs) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
         graph = Graph("phi3_decoder", data)
         with progress(cfg.num_layers, "export decoder", "layer", show_progress) as tick:
@@ -124,24 +166,21 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         with progress(len(loras), "export adapters", "adapter", show_progress and bool(loras)) as tick:
             for adapter in loras:
                 adapter_entries[adapter.name] = write_adapter(adapter, tmp / "adapters" / f"{adapter.name}.onnx_adapter",
-                                                              adapter_precision, base_id)
+                                                              adapter_precision, src.base_id)
                 tick()
         onnx.save_model(graph.model(), tmp / "decoder.onnx")
-        for name in TOKENIZER_FILES + ("config.json",):
-            if (model_dir / name).is_file():
-                shutil.copy2(model_dir / name, tmp / name)
-        stop_ids = stop_token_ids(model_dir, cfg, tokenizer)
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(cfg, stop_ids), indent=2))
+        src.copy_files(tmp)
+        generation = src.generation()
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(cfg, generation.eos_token_ids), indent=2))
         manifest = Manifest(
             created_by=f"phi4edge {version('phi4edge')}",
-            model=Model(family=family.name, source=model_dir.resolve().name, base_id=base_id,
-                        config=ModelConfig(**cfg.to_json())),
+            model=src.model(),
             quantization=Quantization(precision=precision, **(quant.to_json() if quant else {}),  # type: ignore[arg-type]
                                       tied_embeddings="one int4 tensor for embedding and LM head"
                                       if quant and cfg.tie_word_embeddings else None),
             decoder=Decoder(graph="decoder.onnx", lora=lora_dtype, media=dict(media)),  # type: ignore[arg-type]
             adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]
-            generation=Generation(eos_token_ids=stop_ids),
+            generation=generation,
             files={},
             requires=([MEDIA_INPUTS] if media else []) + ([WEBGPU_DECODER] if webgpu else []),
         )

@@ -5,6 +5,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,10 +40,28 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+REQUIRE_PROVIDER = click.option(
+    "--require-provider", is_flag=True,
+    help="Refuse to run a graph the requested --provider does not take whole, instead of letting the CPU run the rest.")
+PROVIDER = click.option("--provider", "providers", multiple=True,
+                        help="Execution provider (cpu, cuda, dml, coreml, qnn, nnapi, ...; repeatable, in order of preference).")
+
+
+def _providers(names: tuple[str, ...], require: bool) -> list[str]:
+    """The --provider names as the runtime takes them (strict with --require-provider)."""
+    from .runtime.session import ProviderRequest
+    if require and not [n for n in names if n.lower() not in ("cpu", "cpuexecutionprovider")]:
+        raise click.UsageError("--require-provider needs a --provider other than cpu")
+    return ProviderRequest(names, strict=require)
+
+
 @click.group()
 @click.version_option(package_name="phi4edge")
 def main() -> None:
     """Phi-4-mini and Phi-4-multimodal on laptops and phones, offline."""
+    import warnings
+    # the runtime's warnings (a provider that leaves nodes to the CPU) as one line each on stderr
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
 
 
 @main.command()
@@ -60,9 +79,23 @@ def main() -> None:
 @click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="Graph format: ONNX with external weights, or onnxruntime's ORT format for phones and reduced "
                    "onnxruntime builds (2 GiB at most per graph; see 'phi4edge mobile').")
+@click.option("--target", type=click.Choice(["dynamic", "static", "qnn"]), default="dynamic", show_default=True,
+              help="dynamic: graphs for any prompt length (CPU, GPU); static: fixed shapes and NPU operators "
+                   "(docs/qnn.md); qnn: static plus Qualcomm QNN context binaries (needs onnxruntime-qnn).")
+@click.option("--context", type=click.IntRange(min=3), default=None,
+              help="static/qnn: positions in the fixed window, prompt + answer [default: 1024].")
+@click.option("--prefill-chunk", type=click.IntRange(min=2), default=None,
+              help="static/qnn: prompt tokens per prefill call [default: 32].")
+@click.option("--image-crops", type=click.IntRange(min=1), default=None,
+              help="static/qnn: crops besides the global image the vision graph takes [default: the checkpoint's limit].")
+@click.option("--audio-seconds", type=click.FloatRange(min=0.1, max=40), default=None,
+              help="static/qnn: the longest audio the speech graph takes; shorter clips are padded [default: 10].")
+@click.option("--soc-model", type=click.IntRange(min=1), default=None,
+              help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 60, the 8 Gen 3].")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],
-           adapter_precision: str, lora: bool, graph_format: str) -> None:
+           adapter_precision: str, lora: bool, graph_format: str, target: str, context: int | None,
+           prefill_chunk: int | None, image_crops: int | None, audio_seconds: float | None, soc_model: int | None) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
     from .export import export_model  # export-only dependencies load only here
     named: dict[str, str | Path] = {}
@@ -71,8 +104,23 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
         if not sep or not name or not folder:
             raise click.BadParameter(f"{spec!r}: expected NAME=PEFT_DIR", param_hint="--adapter")
         named[name] = folder
-    path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
-                        adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format)
+    static: dict[str, Any] = {"context": context, "prefill_chunk": prefill_chunk, "image_crops": image_crops,
+                              "audio_seconds": audio_seconds}
+    given = [flag for flag, wrong in [("--soc-model", soc_model is not None and target != "qnn")] + (
+        [("--" + k.replace("_", "-"), v is not None) for k, v in static.items()] if target == "dynamic" else
+        [("--format ort", graph_format != "onnx"), ("--lora", lora),
+         (f"--adapter-precision {adapter_precision}", adapter_precision != "fp32")]) if wrong]
+    if given:   # static bundles are ONNX, with fp32 LoRA inputs of their adapters' rank (docs/qnn.md)
+        raise click.UsageError(f"{given[0]} does not apply to --target {target}")
+    if target == "dynamic":
+        path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
+                            adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format)
+    else:
+        from .export.static import StaticShapes, export_static
+        from .providers import DEFAULT_SOC
+        path = export_static(model_dir, out_dir, precision=precision, block_size=block_size, force=force, adapters=named,
+                             shapes=StaticShapes(**{k: v for k, v in static.items() if v is not None}),
+                             qnn_soc=(soc_model or DEFAULT_SOC) if target == "qnn" else None)
     click.echo(f"wrote {path}")
 
 
@@ -106,8 +154,8 @@ def mobile(bundle: str, out_dir: str, force: bool) -> None:
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, help="Nucleus sampling mass.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed for sampling (>= 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
-@click.option("--provider", "providers", multiple=True,
-              help="Execution provider (cpu, cuda, dml, coreml, qnn, nnapi, ...; repeatable, in order of preference).")
+@PROVIDER
+@REQUIRE_PROVIDER
 @click.option("--adapter", default=None,
               help="LoRA adapter of the bundle to use (default: 'vision' with images, 'speech' with audio only, "
                    "none for text; 'none' forces the base model).")
@@ -120,8 +168,8 @@ def mobile(bundle: str, out_dir: str, force: bool) -> None:
 @friendly_errors
 def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_chat_template: bool,
         max_new_tokens: int, temperature: float | None, top_k: int, top_p: float, seed: int | None,
-        threads: int | None, providers: tuple[str, ...], adapter: str | None, images: tuple[str, ...],
-        audios: tuple[str, ...], as_json: bool, verify: bool) -> None:
+        threads: int | None, providers: tuple[str, ...], require_provider: bool, adapter: str | None,
+        images: tuple[str, ...], audios: tuple[str, ...], as_json: bool, verify: bool) -> None:
     """Generate an answer to one prompt."""
     from . import load
     from .runtime.sampling import SamplingParams
@@ -135,7 +183,7 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
     if temperature is None:
         temperature = 1.0 if (top_k or top_p < 1.0) else 0.0
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    model = load(bundle, threads=threads, providers=list(providers), verify=verify)
+    model = load(bundle, threads=threads, providers=_providers(providers, require_provider), verify=verify)
     def on_text(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -144,8 +192,8 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
                             chat_template=not no_chat_template, system=system, adapter=adapter,
                             images=list(images), audios=list(audios), on_text=None if as_json else on_text)
-    if as_json:
-        click.echo(json.dumps(result.to_json()))
+    if as_json:   # with the nodes each execution provider runs, by graph
+        click.echo(json.dumps(result.to_json() | {"nodes": model.node_counts()}))
     else:
         click.echo()
         t = result.timings
@@ -231,13 +279,17 @@ def chat(bundle: str, system: str | None, adapter: str | None, threads: int | No
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
 @click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also draw a PNG chart here.")
+@PROVIDER
+@REQUIRE_PROVIDER
 @friendly_errors
 def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, output: str | None,
-              chart: str | None) -> None:
-    """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders."""
+              chart: str | None, providers: tuple[str, ...], require_provider: bool) -> None:
+    """Measure a bundle: prefill, decode, time to first token, memory, adapters, encoders, and the
+    nodes each execution provider ran."""
     from . import load
     from .runtime.benchmark import bench
-    result = bench(load(bundle, threads=threads), new_tokens=new_tokens, repeats=repeats)
+    result = bench(load(bundle, threads=threads, providers=_providers(providers, require_provider)),
+                   new_tokens=new_tokens, repeats=repeats)
     if chart:
         from .runtime.chart import bench_chart
         bench_chart(result, chart, f"phi4edge bench: {Path(bundle).name}")
@@ -259,9 +311,11 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N items of each set.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@PROVIDER
+@REQUIRE_PROVIDER
 @friendly_errors
 def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | None, threads: int | None,
-             as_json: bool) -> None:
+             as_json: bool, providers: tuple[str, ...], require_provider: bool) -> None:
     """Score a bundle on held-out sets: image accuracy, speech WER, text perplexity."""
     from contextlib import ExitStack
 
@@ -270,8 +324,10 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
     from .runtime.evaluate import MODES, evaluate
     modes = MODES if "all" in modes else tuple(dict.fromkeys(modes))
     with ExitStack() as stack:
-        report = evaluate(load(bundle, threads=threads), Path(eval_set), modes, limit,
+        model = load(bundle, threads=threads, providers=_providers(providers, require_provider))
+        report = evaluate(model, Path(eval_set), modes, limit,
                           lambda total: stack.enter_context(progress(total, "eval", "item", not as_json)))
+    report["nodes"] = model.node_counts()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -283,6 +339,13 @@ def eval_cmd(bundle: str, eval_set: str, modes: tuple[str, ...], limit: int | No
         click.echo(f"adapters {mode:8s} " + ", ".join(parts))
     if "text_perplexity" in report:
         click.echo(f"text perplexity {report['text_perplexity']:.3f}")
+    click.echo(f"nodes by provider: {_nodes(report['nodes'])}")
+
+
+def _nodes(counts: dict[str, dict[str, int]]) -> str:
+    """{graph: {provider: nodes}} as 'decoder qnn 196; vision qnn 79, cpu 2'."""
+    from .providers import short
+    return "; ".join(f"{kind} " + ", ".join(f"{short(p)} {n}" for p, n in by.items()) for kind, by in counts.items())
 
 
 @main.command()

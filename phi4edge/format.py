@@ -31,12 +31,17 @@ MEDIA_INPUTS = "media-inputs"
 # than ONNX; the manifest's `ort` section says how they were converted. A reader that passes graphs
 # to onnxruntime by path implements it by loading them as ORT format.
 ORT_GRAPHS = "ort-graphs"
+# "static-shapes": every graph has fixed input shapes, as NPUs (Qualcomm's HTP) need: the decoder is
+# two graphs over a fixed context window, one for prompt chunks and one for single tokens, whose KV
+# cache the runtime keeps; encoders take one image layout and one audio length. The `static`
+# section gives the shapes; StaticDecoderNames the interface (docs/bundle-format.md).
+STATIC_SHAPES = "static-shapes"
 # "webgpu-decoder": the decoder is the WebGPU form (export/webgpu.py, docs/webgpu.md): LoRA A/B are
 # plain inputs without defaults, fed on every call (rank-1 zeros for the base model on WebGPU), and
 # past and present key/values are distinct tensors (present = past, then the new rows), so one
 # buffer must not be bound to both.
 WEBGPU_DECODER = "webgpu-decoder"
-FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS, ORT_GRAPHS, WEBGPU_DECODER})
+FEATURES: frozenset[str] = frozenset({MEDIA_INPUTS, ORT_GRAPHS, STATIC_SHAPES, WEBGPU_DECODER})
 ORT_SUFFIX = ".ort"
 ORT_FILE_IDENTIFIER = b"ORTM"            # bytes 4..8 of an ORT-format file (its FlatBuffers file identifier)
 MAX_MANIFEST_BYTES = 16 << 20            # a real manifest is a few KB; refuse to parse anything huge
@@ -69,6 +74,28 @@ class DecoderNames:
         """LoRA input `which` "A" [in, r] or "B" [r, out] of a layer linear (module "qkv_proj", ...);
         int8 adapters add f"{name}.scale" inputs ([r] for A, [out] for B)."""
         return f"lora.layers.{layer}.{module.split('.')[-1]}.{which}"
+
+
+class StaticDecoderNames:
+    """The decoder graphs of a static-shapes bundle; S is the rows of one call (`static.prefill_chunk`
+    for the prefill graph, 1 for the decoder graph) and C is `static.context`."""
+
+    INPUT_IDS = "input_ids"              # int64 [1, S]; padding rows come first
+    POSITION_IDS = "position_ids"        # int64 [1, S]; + C where LongRoPE's long factors apply
+    ATTENTION_BIAS = "attention_bias"    # float32 [1, 1, S, C]: 0 where a row attends, MASK_VALUE elsewhere
+    MEDIA_FEATURES = "media_features"    # float32 [1, S, hidden]: image/audio rows, zero on text rows
+    TEXT_MASK = "text_mask"              # float32 [1, S, 1]: 1 on rows embedded from input_ids, 0 on media rows
+    LOGITS = "logits"                    # float32 [1, 1, vocab]: the last row
+
+    @staticmethod
+    def new(layer: int, kind: str) -> str:
+        """The S rows of keys or values this call adds: float32 [1, kv_heads, S, head_dim]."""
+        return f"new_key_values.{layer}.{kind}"
+
+
+# Additive attention mask of static graphs: NPUs compute in fp16, where float32's min is -inf and a
+# fully masked padding row would give NaN; exp(-10000) is 0 in fp16 as in fp32.
+MASK_VALUE = -10000.0
 
 
 class VisionNames:
@@ -223,6 +250,28 @@ class OrtGraphs:
 
 
 @dataclass(frozen=True)
+class Static:
+    """Present when the bundle `requires` "static-shapes": the fixed shapes of its graphs."""
+
+    context: int                         # C: positions in the window (cache slots + the rows of one call)
+    prefill_graph: str                   # the decoder graph for prompt chunks; decoder.graph takes one token
+    prefill_chunk: int                   # rows per prefill call
+    lora_rank: int = 0                   # rank of every LoRA input (adapters are zero-padded to it); 0: none
+    audio_frames: int = 0                # log-mel frames the speech graph takes (speech bundles)
+
+
+@dataclass(frozen=True)
+class Qnn:
+    """Qualcomm QNN context binaries (EPContext graphs) compiled from the static graphs, so that a
+    device loads them without compiling. Optional: the static graphs themselves run anywhere."""
+
+    soc_model: int                       # the Snapdragon SoC the binaries were compiled for (QNN's soc_model id)
+    contexts: dict[str, str]             # graph kind ("decoder", "prefill", "vision", "speech") -> EPContext graph
+    onnxruntime_qnn: str                 # version of the onnxruntime-qnn that compiled them
+    nodes: dict[str, int] = field(default_factory=dict)   # nodes of each source graph, all on QNN
+
+
+@dataclass(frozen=True)
 class FileEntry:
     size: int
     sha256: str
@@ -239,6 +288,8 @@ class Manifest:
     vision: Vision | None = None
     speech: Speech | None = None
     ort: OrtGraphs | None = None         # the graphs are ORT format (see OrtGraphs)
+    static: Static | None = None         # the graphs have fixed shapes (see Static)
+    qnn: Qnn | None = None               # QNN context binaries of the static graphs (see Qnn)
     created_by: str = ""
     requires: list[str] = field(default_factory=list)
     format: str = FORMAT
@@ -262,9 +313,11 @@ class Manifest:
 
     @property
     def graphs(self) -> dict[str, str]:
-        """{"decoder" | "vision" | "speech": graph file} for the graphs the bundle has."""
+        """{"decoder" | "prefill" | "vision" | "speech": graph file} for the graphs the bundle has
+        ("prefill": the prompt-chunk decoder of static-shapes bundles)."""
         parts = {"decoder": self.decoder, "vision": self.vision, "speech": self.speech}
-        return {kind: part.graph for kind, part in parts.items() if part is not None}
+        graphs = {kind: part.graph for kind, part in parts.items() if part is not None}
+        return graphs | ({"prefill": self.static.prefill_graph} if self.static else {})
 
     @staticmethod
     def from_json(doc: object, source: str = MANIFEST) -> Manifest:
@@ -423,6 +476,29 @@ def _check_values(m: Manifest, source: str) -> None:
             raise BundleError(f"{source}: field '{kind}.graph' is {_short(name)}: " + (
                 f"ORT-format graphs are named *{ORT_SUFFIX}" if m.ort else f"*{ORT_SUFFIX} names an ORT-format graph, "
                 f"which needs field 'ort' and '{ORT_GRAPHS}' in 'requires'"))
+    if (STATIC_SHAPES in m.requires) != (m.static is not None):
+        raise BundleError(f"{source}: field 'static' must be present exactly when field 'requires' lists '{STATIC_SHAPES}'")
+    if m.static is not None:
+        _check_static(m, m.static, source)
+    elif m.qnn is not None:
+        raise BundleError(f"{source}: field 'qnn' needs a static-shapes bundle ('{STATIC_SHAPES}' in 'requires')")
     if m.ort is not None and m.ort.required_operators not in m.files:
         raise BundleError(f"{source}: field 'ort.required_operators' names {_short(m.ort.required_operators)}, "
                           "which is not listed in 'files'")
+
+
+def _check_static(m: Manifest, s: Static, source: str) -> None:
+    if m.ort is not None:
+        raise BundleError(f"{source}: field 'ort': static-shapes bundles are ONNX (QNN takes their context binaries)")
+    if not 1 < s.prefill_chunk < s.context:
+        raise BundleError(f"{source}: field 'static.prefill_chunk' is {s.prefill_chunk}; it must be more than 1 and "
+                          f"less than 'static.context' ({s.context})")
+    if s.lora_rank < 0 or (s.lora_rank > 0) != (m.decoder.lora is not None):
+        raise BundleError(f"{source}: field 'static.lora_rank' is {s.lora_rank}; it must be positive exactly when "
+                          "'decoder.lora' is set")
+    if m.speech is not None and s.audio_frames <= 0:
+        raise BundleError(f"{source}: field 'static.audio_frames' must be positive in a bundle with speech")
+    for kind, name in (m.qnn.contexts.items() if m.qnn else []):
+        if kind not in m.graphs or name not in m.files:
+            raise BundleError(f"{source}: field 'qnn.contexts.{esc(kind)}' names {_short(name)}, which is not "
+                              "a graph of this bundle's with a file listed in 'files'")

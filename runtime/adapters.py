@@ -56,9 +56,9 @@ class AdapterSet:
         self.files[name] = Path(path)
         self._loaded.pop(name, None)
 
-    def load(self, name: str) -> dict[str, ort.OrtValue]:
-        if name in self._loaded:
-            return self._loaded[name][1]
+    def read(self, name: str) -> tuple[object, dict[str, np.ndarray]]:
+        """(the file's mapping, its tensors as arrays viewing it) for adapter `name`, refused unless
+        the file is readable and was exported for this bundle's base weights."""
         if name not in self.files:
             have = ", ".join(self.names) or "none"
             raise BundleError(f"adapter '{name}' is not in this bundle (adapters: {have})")
@@ -72,6 +72,12 @@ class AdapterSet:
         if model_version != base_model_version(self.base_id):
             raise BundleError(f"{path}: adapter '{name}' was exported for another base model "
                               f"(model_version {model_version}, this bundle is {base_model_version(self.base_id)})")
+        return mapping, arrays
+
+    def load(self, name: str) -> dict[str, ort.OrtValue]:
+        if name in self._loaded:
+            return self._loaded[name][1]
+        mapping, arrays = self.read(name)
         params = {pname: ort.OrtValue.ortvalue_from_numpy(arr) for pname, arr in arrays.items()}
         for pname, value in params.items():
             self._check(name, pname, value)

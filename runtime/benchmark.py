@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..providers import QNN, SIMULATED
 from .generate import Model
 
 
@@ -71,7 +72,9 @@ def decode_bytes_per_token(bundle) -> int:
     tied = bundle.manifest.model.config.tie_word_embeddings
     total = 0
     for name, length in _initializer_bytes(bundle):
-        if "_cache" in name or (name.startswith("embed_tokens") and not tied):
+        # static bundles: rotary tables, and an fp16 embedding table besides the tied int4 one
+        if "_cache" in name or name.endswith("_table") or name == "embed_tokens.fp16" or \
+                (name.startswith("embed_tokens") and not tied):
             continue
         total += length
     return total
@@ -133,6 +136,9 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
         audio = _test_audio(model)
         result["audio_encode_ms"] = _median_ms(lambda: model.audio_features([audio], False), repeats)
     result["peak_rss_mb"] = peak_rss_mb
+    # what ran where; on x86-64, QNN is its HTP simulator, whose times say nothing about a phone's
+    result["execution"] = {"nodes": model.node_counts(),
+                           "qnn_simulator": SIMULATED and any(QNN in n for n in model.node_counts().values())}
     return result
 
 

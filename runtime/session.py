@@ -1,7 +1,17 @@
 """The decoder on onnxruntime: one preallocated KV buffer per layer, bound once as both the
 GroupQueryAttention past and present (the kernel appends in place), and every step's inputs and
-logits bound to preallocated arrays, so a decode step allocates nothing."""
+logits bound to preallocated arrays, so a decode step allocates nothing.
+
+Every graph session records which execution provider runs each node (`node_counts`). A graph that
+the requested providers take only in part runs with the CPU doing the rest, and a
+ProviderFallbackWarning says so; a strict request (`ProviderRequest(..., strict=True)`, the CLI's
+`--require-provider`) refuses it instead."""
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from contextlib import nullcontext
+from pathlib import PurePosixPath
 
 import numpy as np
 import onnxruntime as ort
@@ -9,26 +19,53 @@ import onnxruntime as ort
 from ..bundle import Bundle
 from ..errors import BundleError
 from ..format import DecoderNames
+from ..providers import (
+    CPU,
+    PROVIDERS,
+    QNN,
+    SIMULATED,
+    add_qnn,
+    fallback_ops,
+    node_counts,
+    plugins,
+    record_assignment,
+    short,
+    stdout_to_stderr,
+)
 from .adapters import AdapterSet
+from .static_encoders import StaticEncoderSession
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider",
-             "coreml": "CoreMLExecutionProvider", "qnn": "QNNExecutionProvider", "nnapi": "NnapiExecutionProvider",
-             "xnnpack": "XnnpackExecutionProvider", "webgpu": "WebGpuExecutionProvider"}
+
+class ProviderFallbackWarning(UserWarning):
+    """A requested execution provider does not run the whole graph; the CPU runs the rest."""
+
+
+class ProviderRequest(list):
+    """Execution providers in order of preference, and whether a graph they do not take whole is an
+    error (`strict`) rather than run partly on the CPU with a ProviderFallbackWarning."""
+
+    def __init__(self, names: Iterable[str] = (), strict: bool = False):
+        super().__init__(names)
+        self.strict = strict
 
 
 def resolve_providers(names: list[str] | None) -> list[str]:
-    """Execution providers by short or full name, checked against this onnxruntime build; CPU is
-    always appended as the fallback for operators a provider does not take."""
-    available = ort.get_available_providers()
+    """Execution providers by short or full name, checked against this onnxruntime build and the
+    installed plugins (onnxruntime-qnn); CPU is always appended as the fallback for operators a
+    provider does not take."""
+    available = list(dict.fromkeys(ort.get_available_providers() + sorted(plugins())))
     chosen = []
     for name in names or []:
         full = PROVIDERS.get(name.lower(), name)
         if full not in available:
-            short = {v: k for k, v in PROVIDERS.items()}
+            hint = " (for qnn: pip install 'phi4edge[qnn]')" if full == QNN else ""
             raise BundleError(f"execution provider '{name}' is not in this onnxruntime build (available: "
-                              f"{', '.join(short.get(p, p) for p in available)})")
+                              f"{', '.join(short(p) for p in available)}){hint}")
         chosen.append(full)
-    return chosen + ([] if "CPUExecutionProvider" in chosen else ["CPUExecutionProvider"])
+    if set(chosen) & plugins() and len(set(chosen) - {CPU}) > 1:
+        raise BundleError(f"execution provider '{short(next(iter(set(chosen) & plugins())))}' is a plugin and runs "
+                          "with the CPU alone here, not with other providers")
+    return chosen + ([] if CPU in chosen else [CPU])
 
 
 def session_options(threads: int | None = None, graph_format: str = "onnx") -> ort.SessionOptions:
@@ -43,8 +80,20 @@ def session_options(threads: int | None = None, graph_format: str = "onnx") -> o
     # one core busy elsewhere (a laptop, a phone) spinning threads fight it and decode fell to 0.6x
     # (bench/RESULTS.md, second and third rounds). It also saves battery.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    record_assignment(so)
     so.log_severity_level = 3
     return so
+
+
+def _assignment(kind: str, session: ort.InferenceSession, accelerators: list[str]) -> str | None:
+    """What the CPU runs of a graph that `accelerators` were asked to run, or None if nothing."""
+    counts = node_counts(session)
+    taken, total = sum(counts.get(a, 0) for a in accelerators), sum(counts.values())
+    if taken == total:
+        return None
+    top = ", ".join(f"{op} x{n}" for op, n in fallback_ops(session, accelerators).most_common(4))
+    return (f"{kind} graph: {'/'.join(short(a) for a in accelerators)} takes {taken} of its {total} nodes, "
+            f"the CPU runs the rest ({top})")
 
 
 def _release(text: str) -> tuple[int, ...]:
@@ -66,19 +115,65 @@ _LOAD_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name
 
 def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
                providers: list[str] | None = None) -> ort.InferenceSession:
-    """A session for the bundle's `kind` graph ("decoder", "vision", "speech"); a graph onnxruntime
-    cannot load (corrupt, tampered, not the format the manifest says) is a BundleError."""
+    """A session for the bundle's `kind` graph ("decoder", "prefill", "vision", "speech"); a graph
+    onnxruntime cannot load (corrupt, tampered, not the format the manifest says) is a BundleError.
+    With QNN requested, the bundle's QNN context binary for the graph is loaded if it has one. A
+    graph the requested providers take only in part warns (ProviderFallbackWarning), or with a
+    strict ProviderRequest is refused (the CPU fallback is then disabled)."""
     m = bundle.manifest
-    path = bundle.file(m.graphs[kind])
     if m.ort is not None and _release(ort.__version__) < _release(m.ort.onnxruntime):
         # ORT format reads forwards only: 1.29 refused 1.32's decoder (GroupQueryAttention's newer attributes)
         raise BundleError(f"{bundle.path}: its graphs are ORT format written by onnxruntime {m.ort.onnxruntime}, and this "
                           f"onnxruntime is {ort.__version__}: upgrade onnxruntime, or use the bundle's ONNX form")
+    names = resolve_providers(providers)
+    accelerators = [p for p in names if p != CPU]
+    strict = bool(accelerators) and getattr(providers, "strict", False)
+    name = (qnn_context(bundle, kind) if QNN in names else None) or m.graphs[kind]
+    # the encoders of a static-shapes bundle fit each request to their fixed shapes
+    cls = StaticEncoderSession if m.static is not None and kind in ("vision", "speech") else ort.InferenceSession
     try:
-        return ort.InferenceSession(str(path), session_options(threads, m.graph_format),
-                                    providers=resolve_providers(providers))
+        session = _session(cls, bundle, name, threads, names, strict)
     except _LOAD_ERRORS as e:
+        if strict and "fallback to CPU EP has been explicitly disabled" in str(e):
+            problem = _assignment(kind, _session(cls, bundle, name, threads, names, False), accelerators)
+            raise BundleError(f"{bundle.path}: {problem}; refused, as a partial assignment was not allowed") from None
         raise BundleError(f"{bundle.path}: {kind} graph failed to load ({str(e).strip()[:300]})") from None
+    if accelerators and (problem := _assignment(kind, session, accelerators)):
+        warnings.warn(problem, ProviderFallbackWarning, stacklevel=2)
+    return session
+
+
+def _session(cls: type[ort.InferenceSession], bundle: Bundle, name: str, threads: int | None, names: list[str],
+             no_fallback: bool) -> ort.InferenceSession:
+    m = bundle.manifest
+    so = session_options(threads, m.graph_format)
+    if no_fallback:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        so.log_severity_level = 4   # the refusal is ours to word; QNN would log every node it does not take
+    path = str(bundle.file(name))
+    if QNN in names:
+        add_qnn(so, m.qnn.soc_model if m.qnn else None)
+        with stdout_to_stderr() if SIMULATED else nullcontext():
+            return cls(path, so)
+    return cls(path, so, providers=names)
+
+
+def qnn_context(bundle: Bundle, kind: str) -> str | None:
+    """The bundle's QNN context graph for `kind` (None if it has none), once the binary each of its
+    EPContext nodes reads (`ep_cache_context`, relative to the graph) is checked to be a file the
+    manifest lists."""
+    import onnx
+    m = bundle.manifest
+    if m.qnn is None or kind not in m.qnn.contexts:
+        return None
+    name = m.qnn.contexts[kind]
+    folder = PurePosixPath(name).parent
+    for node in onnx.load(str(bundle.file(name)), load_external_data=False).graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        embedded = "embed_mode" in attrs and attrs["embed_mode"].i == 1   # the binary is inside the node
+        if node.op_type == "EPContext" and "ep_cache_context" in attrs and not embedded:
+            bundle.file((folder / attrs["ep_cache_context"].s.decode("utf-8", "replace")).as_posix())   # listed, or refused
+    return name
 
 
 class DecoderSession:
@@ -102,6 +197,10 @@ class DecoderSession:
         self.media_empty = {name: np.zeros((0, hidden), np.float32) for name, hidden in self.media_inputs.items()}
         self.media_bound = True   # so that the first call binds the empty values
         self.bind_media(None)
+
+    def sessions(self) -> dict[str, ort.InferenceSession]:
+        """The decoder's graph sessions by graph kind."""
+        return {"decoder": self.session}
 
     def use_adapter(self, name: str | None) -> None:
         """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost)."""

@@ -109,8 +109,8 @@ def test_execution_provider_choice(bundles):
     from phi4edge.runtime.session import resolve_providers
     assert resolve_providers(None) == ["CPUExecutionProvider"]
     assert resolve_providers(["cpu"]) == ["CPUExecutionProvider"]
-    with pytest.raises(BundleError, match=r"'qnn' is not in this onnxruntime build \(available: .*cpu"):
-        resolve_providers(["qnn"])
+    with pytest.raises(BundleError, match=r"'nnapi' is not in this onnxruntime build \(available: .*cpu"):
+        resolve_providers(["nnapi"])   # Android's: in no desktop build
     result = CliRunner().invoke(main, ["run", str(bundles["phi4mini", "int4"]), "--prompt", "hi", "--provider", "cuda"])
     assert result.exit_code != 0 and "'cuda' is not in this onnxruntime build" in result.output
 
