@@ -88,15 +88,17 @@ def evaluate(model: Model, folder: Path, modes: tuple[str, ...] = ("routed",), l
     runnable = {"image": manifest.vision is not None, "speech": manifest.speech is not None}
     total = sum(len(sets[k]) * len(modes) for k in runnable if runnable[k]) + len(sets["text"])
     tick = progress(total) if progress else (lambda: None)
-    report: dict = {"set": str(folder), "items": {k: len(v) for k, v in sets.items()}}
+    # "answers": each item's greedy answer by mode and set, to hold two bundles' answers side by side
+    report: dict = {"set": str(folder), "items": {k: len(v) for k, v in sets.items()}, "answers": {}}
     for mode in modes:
         scores = {}
+        said = report["answers"][mode] = {}
         if sets["image"] and runnable["image"]:
-            got = answers(model, "image", sets["image"], mode, tick)
+            got = said["image"] = answers(model, "image", sets["image"], mode, tick)
             right = [normalise(g) == normalise(i["answer"]) for g, i in zip(got, sets["image"])]
             scores["image_accuracy"] = float(np.mean(right))
         if sets["speech"] and runnable["speech"]:
-            got = answers(model, "speech", sets["speech"], mode, tick)
+            got = said["speech"] = answers(model, "speech", sets["speech"], mode, tick)
             refs = [normalise(i["answer"]) for i in sets["speech"]]
             hyps = [normalise(g) for g in got]
             scores["speech_wer"] = float(jiwer.wer(refs, hyps))

@@ -128,16 +128,25 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
     names = resolve_providers(providers)
     accelerators = [p for p in names if p != CPU]
     strict = bool(accelerators) and getattr(providers, "strict", False)
-    name = (qnn_context(bundle, kind) if QNN in names else None) or m.graphs[kind]
     # the encoders of a static-shapes bundle fit each request to their fixed shapes
     cls = StaticEncoderSession if m.static is not None and kind in ("vision", "speech") else ort.InferenceSession
-    try:
-        session = _session(cls, bundle, name, threads, names, strict)
-    except _LOAD_ERRORS as e:
-        if strict and "fallback to CPU EP has been explicitly disabled" in str(e):
-            problem = _assignment(kind, _session(cls, bundle, name, threads, names, False), accelerators)
-            raise BundleError(f"{bundle.path}: {problem}; refused, as a partial assignment was not allowed") from None
-        raise BundleError(f"{bundle.path}: {kind} graph failed to load ({str(e).strip()[:300]})") from None
+    load = lambda name, no_fallback: _session(cls, bundle, name, threads, names, no_fallback)
+    context = qnn_context(bundle, kind) if QNN in names else None
+    refused = "fallback to CPU EP has been explicitly disabled"
+    for name in ([context] if context else []) + [m.graphs[kind]]:
+        try:
+            session = load(name, strict)
+            break
+        except _LOAD_ERRORS as e:
+            if name == context and refused not in str(e):   # compiled for another SoC or QNN version than this one
+                warnings.warn(f"{kind} graph: QNN did not load its context binary {name} (compiled for SoC "
+                              f"{m.qnn.soc_model if m.qnn else '?'}: {str(e).strip()[:200]}); compiling the graph instead",
+                              ProviderFallbackWarning, stacklevel=2)
+                continue
+            if strict and refused in str(e):   # count what the CPU would have run, for the message
+                problem = _assignment(kind, load(name, False), accelerators)
+                raise BundleError(f"{bundle.path}: {problem}; refused, as a partial assignment was not allowed") from None
+            raise BundleError(f"{bundle.path}: {kind} graph failed to load ({str(e).strip()[:300]})") from None
     if accelerators and (problem := _assignment(kind, session, accelerators)):
         warnings.warn(problem, ProviderFallbackWarning, stacklevel=2)
     return session

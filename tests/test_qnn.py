@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import platform
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from phi4edge import load
+from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
 from phi4edge.errors import BundleError
 from phi4edge.export import export_model
@@ -82,3 +84,17 @@ def test_partial_assignment_is_refused_or_reported(bundles):
         model = load(dynamic, providers=["qnn"])
     counts = model.node_counts()["decoder"]
     assert counts["CPUExecutionProvider"] > 10 * counts.get(QNN, 0)
+
+
+def test_a_context_binary_qnn_cannot_load_falls_back_to_compiling(bundles, tmp_path):
+    """A binary this QNN refuses (compiled for another SoC, or damaged: here its first 4 KB zeroed)
+    is set aside with a warning, and the graph itself is compiled, still wholly on QNN."""
+    import shutil
+    copy = Path(shutil.copytree(bundles[1], tmp_path / "b"))
+    binary = copy / "decoder_ctx_qnn.bin"
+    data = bytearray(binary.read_bytes())
+    data[:4096] = bytes(4096)
+    binary.write_bytes(bytes(data))   # same size: passes the bundle's size check (not --verify)
+    with pytest.warns(ProviderFallbackWarning, match="did not load its context binary decoder_ctx.onnx .*compiling the graph"):
+        session = load_graph(open_bundle(copy), "decoder", providers=STRICT)
+    assert list(node_counts(session)) == [QNN] and node_counts(session)[QNN] > 1
