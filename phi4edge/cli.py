@@ -91,7 +91,7 @@ def main() -> None:
 @click.option("--audio-seconds", type=click.FloatRange(min=0.1, max=40), default=None,
               help="static/qnn: the longest audio the speech graph takes; shorter clips are padded [default: 10].")
 @click.option("--soc-model", type=click.IntRange(min=1), default=None,
-              help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 60, the 8 Gen 3].")
+              help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 69, the 8 Elite; 57: 8 Gen 3].")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool, graph_format: str, target: str, context: int | None,
@@ -198,7 +198,10 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
         click.echo()
         t = result.timings
         speed = f", {t['decode_tokens_per_s']:.1f} tok/s" if t.get("decode_tokens_per_s") else ""
-        click.echo(f"[{len(result.token_ids)} tokens, {result.finish_reason}; prefill {t['prefill_ms']:.0f} ms{speed}]",
+        from .providers import QNN, SIMULATED
+        simulated = SIMULATED and any(QNN in n for n in model.node_counts().values())
+        where = " on QNN's HTP simulator, not a phone" if simulated else ""
+        click.echo(f"[{len(result.token_ids)} tokens, {result.finish_reason}; prefill {t['prefill_ms']:.0f} ms{speed}{where}]",
                    err=True)
 
 

@@ -29,7 +29,9 @@ PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionPr
              "coreml": "CoreMLExecutionProvider", "qnn": QNN, "nnapi": "NnapiExecutionProvider",
              "xnnpack": "XnnpackExecutionProvider", "webgpu": "WebGpuExecutionProvider"}
 SHORT = {v: k for k, v in PROVIDERS.items()}
-DEFAULT_SOC = 60            # QNN's soc_model id of the Snapdragon 8 Gen 3 (SM8650, HTP v75)
+# QNN's soc_model id compiled for by default: 69, the Snapdragon 8 Elite (SM8750, HTP v79); others: 57 = 8 Gen 3
+# (SM8650, v75), 43 = 8 Gen 2 (SM8550, v73), 60 = X Elite (SC8380XP, v73). The simulator took each.
+DEFAULT_SOC = 69
 SIMULATED = platform.machine().lower() in ("x86_64", "amd64")   # no Snapdragon here: the HTP simulator
 
 
@@ -56,16 +58,23 @@ def plugins() -> set[str]:
     return {QNN} if qnn_installed() else set()
 
 
-def qnn_devices() -> list:
-    """The QNN devices of the onnxruntime-qnn plugin, registering it on first use."""
-    found = [d for d in ort.get_ep_devices() if d.ep_name == QNN]
+def plugin_devices(provider: str, module: str, extra: str) -> list:
+    """The devices of an execution provider that comes as a plugin library (the Python package
+    `module`, with get_library_path(); installed by the `extra` of phi4edge), registering it on first
+    use; empty when the plugin finds no device."""
+    found = [d for d in ort.get_ep_devices() if d.ep_name == provider]
     if found:
         return found
-    if not qnn_installed():
-        raise BundleError("execution provider 'qnn' needs onnxruntime-qnn (pip install 'phi4edge[qnn]')")
-    import onnxruntime_qnn
-    ort.register_execution_provider_library(QNN, onnxruntime_qnn.get_library_path())
-    found = [d for d in ort.get_ep_devices() if d.ep_name == QNN]
+    if importlib.util.find_spec(module) is None:
+        raise BundleError(f"execution provider '{short(provider)}' needs {module.replace('_', '-')} "
+                          f"(pip install 'phi4edge[{extra}]')")
+    ort.register_execution_provider_library(provider, importlib.import_module(module).get_library_path())
+    return [d for d in ort.get_ep_devices() if d.ep_name == provider]
+
+
+def qnn_devices() -> list:
+    """The QNN devices of the onnxruntime-qnn plugin."""
+    found = plugin_devices(QNN, "onnxruntime_qnn", "qnn")
     if not found:
         raise BundleError("onnxruntime-qnn is installed but offers no QNN device to this onnxruntime")
     return found

@@ -191,3 +191,14 @@ def test_cli_static_export_and_run(checkpoints, tmp_path):
     assert set(out["nodes"]) == {"decoder", "prefill"} and list(out["nodes"]["decoder"]) == ["CPUExecutionProvider"]
     result = runner.invoke(main, ["run", str(tmp_path / "s"), "--prompt", "hi", "--require-provider"])
     assert result.exit_code != 0 and "--require-provider needs a --provider other than cpu" in result.output
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_reader_written_from_the_format_document_gives_the_same_tokens(shape, static_bundles, embedded):
+    """tests/static_reader.py, written from docs/bundle-format.md alone, against the runtime."""
+    from .static_reader import StaticReader
+    for bundle in (static_bundles[shape, "fp32"], embedded[1]):
+        model, reader = load(bundle), StaticReader(bundle)
+        rng = np.random.default_rng(2)
+        for prompt in [rng.integers(10, 390, size=n).tolist() for n in (1, 7, 60)] + [model.encode("Count from two.")]:
+            assert reader.greedy(prompt, 24) == model.generate(prompt, max_new_tokens=24).token_ids
