@@ -9,11 +9,12 @@
 # - scripts/arm64_check.py: exports the bundles on x86, runs the prompts on x86 and in the root
 #   (/proc mounted for the run only; /sys never: onnxruntime crashed under qemu with it), prints
 #   the table; exit 1 on a token mismatch where x86 was confident.
-# ARM64_ITEMS: prompts per modality (the demo's sample and the first held-out items).
+# ARM64_ITEMS: prompts per modality (the demo's sample and the first held-out items). ARM64_CPUS:
+# qemu CPU models to run on (see scripts/arm64_check.py --help; plain `max` emulates SVE and SME, 35x slower).
 ARM64_ROOT    ?= build/arm64-root
 ARM64_MIRROR  ?= http://deb.debian.org/debian
 ARM64_ITEMS   ?= 4
-ARM64_CPU     ?= cortex-a76
+ARM64_CPUS    ?= cortex-a76 max,sve=off,sme=off
 ARM64_PACKAGES := numpy onnxruntime onnx safetensors ml_dtypes tokenizers jinja2 click tqdm pillow soundfile soxr jiwer
 ARM64_WHEEL_TAGS := --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
                     --platform manylinux2014_aarch64 --platform linux_aarch64 \
@@ -32,6 +33,7 @@ $(ARM64_ROOT)/.debootstrap-done:
 	$(MAKE) arm64-tools
 	for d in $(ARM64_ROOT) $(ARM64_ROOT).partial; do ! mountpoint -q $$d/proc || umount $$d/proc; done
 	rm -rf --one-file-system $(ARM64_ROOT).partial
+	mkdir -p $(dir $(ARM64_ROOT))   # debootstrap cannot make the parent folder (a fresh clone has no build/)
 	debootstrap --arch=arm64 --variant=minbase --include=python3,libstdc++6,libgomp1 bookworm \
 		$(ARM64_ROOT).partial $(ARM64_MIRROR)
 	rm -rf --one-file-system $(ARM64_ROOT) && mv $(ARM64_ROOT).partial $(ARM64_ROOT)
@@ -45,4 +47,4 @@ $(ARM64_ROOT)/opt/site/.installed: constraints.txt $(ARM64_ROOT)/.debootstrap-do
 
 arm64-check: install $(ARM64_ROOT)/opt/site/.installed
 	$(MAKE) arm64-tools
-	$(PY) -m scripts.arm64_check --root $(ARM64_ROOT) --items $(ARM64_ITEMS) --cpu $(ARM64_CPU)
+	$(PY) -m scripts.arm64_check --root $(ARM64_ROOT) --items $(ARM64_ITEMS) $(addprefix --cpu ,$(ARM64_CPUS))
