@@ -79,9 +79,10 @@ def main() -> None:
 @click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="Graph format: ONNX with external weights, or onnxruntime's ORT format for phones and reduced "
                    "onnxruntime builds (2 GiB at most per graph; see 'phi4edge mobile').")
-@click.option("--target", type=click.Choice(["dynamic", "static", "qnn"]), default="dynamic", show_default=True,
-              help="dynamic: graphs for any prompt length (CPU, GPU); static: fixed shapes and NPU operators "
-                   "(docs/qnn.md); qnn: static plus Qualcomm QNN context binaries (needs onnxruntime-qnn).")
+@click.option("--target", type=click.Choice(["dynamic", "webgpu", "static", "qnn"]), default="dynamic", show_default=True,
+              help="dynamic: graphs for any prompt length (CPU, GPU); webgpu: the dynamic graphs in the decoder form "
+                   "WebGPU runs; static: fixed shapes and NPU operators (docs/qnn.md); qnn: static plus Qualcomm QNN "
+                   "context binaries (needs onnxruntime-qnn).")
 @click.option("--context", type=click.IntRange(min=3), default=None,
               help="static/qnn: positions in the fixed window, prompt + answer [default: 1024].")
 @click.option("--prefill-chunk", type=click.IntRange(min=2), default=None,
@@ -107,14 +108,15 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
     static: dict[str, Any] = {"context": context, "prefill_chunk": prefill_chunk, "image_crops": image_crops,
                               "audio_seconds": audio_seconds}
     given = [flag for flag, wrong in [("--soc-model", soc_model is not None and target != "qnn")] + (
-        [("--" + k.replace("_", "-"), v is not None) for k, v in static.items()] if target == "dynamic" else
+        [("--" + k.replace("_", "-"), v is not None) for k, v in static.items()] if target in ("dynamic", "webgpu") else
         [("--format ort", graph_format != "onnx"), ("--lora", lora),
          (f"--adapter-precision {adapter_precision}", adapter_precision != "fp32")]) if wrong]
     if given:   # static bundles are ONNX, with fp32 LoRA inputs of their adapters' rank (docs/qnn.md)
         raise click.UsageError(f"{given[0]} does not apply to --target {target}")
-    if target == "dynamic":
+    if target in ("dynamic", "webgpu"):
         path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
-                            adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format)
+                            adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format,
+                            webgpu=target == "webgpu")
     else:
         from .export.static import StaticShapes, export_static
         from .providers import DEFAULT_SOC
@@ -403,6 +405,14 @@ def inspect(bundle: str, no_verify: bool) -> None:
     click.echo(f"weights     {quant}")
     click.echo("graphs      " + (f"ORT format (optimisation {m.ort.optimization}, onnxruntime {m.ort.onnxruntime}; "
                                  f"operators in {m.ort.required_operators})" if m.ort else "ONNX"))
+    if m.static:   # the window, not config.max_position, bounds a request
+        st = m.static
+        click.echo(f"static      window {st.context} tokens, prefill chunks of {st.prefill_chunk}, LoRA rank {st.lora_rank}"
+                   + (f", {m.vision.dynamic_hd} image crops" if m.vision else "")
+                   + (f", audio up to {(st.audio_frames - 1) / 100:.1f} s" if m.speech else ""))
+    if m.qnn:
+        click.echo(f"qnn         context binaries for soc_model {m.qnn.soc_model} (onnxruntime-qnn {m.qnn.onnxruntime_qnn}): "
+                   + ", ".join(m.qnn.contexts))
     click.echo(f"stop ids    {m.generation.eos_token_ids}")
     if m.vision:
         v = m.vision.config

@@ -178,6 +178,7 @@ def test_cli_static_export_and_run(checkpoints, tmp_path):
                           (["--target", "static", "--block-size", "64"], "are not multiples of block size 64, and QNN "
                                                                         "takes whole blocks only: use --block-size 32"),
                           (["--context", "64"], "--context does not apply to --target dynamic"),
+                          (["--target", "webgpu", "--image-crops", "4"], "--image-crops does not apply to --target webgpu"),
                           (["--target", "static", "--soc-model", "60"], "--soc-model does not apply"),
                           (["--target", "static", "--context", "64", "--prefill-chunk", "64"], "--prefill-chunk 64: must be")):
         result = runner.invoke(main, ["export", ck, "-o", str(tmp_path / "x"), *args])
@@ -185,6 +186,8 @@ def test_cli_static_export_and_run(checkpoints, tmp_path):
         assert not (tmp_path / "x").exists()
     result = runner.invoke(main, ["export", ck, "-o", str(tmp_path / "s"), "--target", "static", "--context", "64"])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["inspect", str(tmp_path / "s")])
+    assert "static      window 64 tokens, prefill chunks of 32, LoRA rank 0" in result.output, result.output
     result = runner.invoke(main, ["run", str(tmp_path / "s"), "--prompt", "Count from two.", "--max-new-tokens", "4",
                                   "--json"])
     out = json.loads(result.output)
