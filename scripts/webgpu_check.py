@@ -193,7 +193,7 @@ def browser(out: Path, cases: list[dict], bundles: dict[str, Path]) -> list[dict
     nodes = {(p["bundle"]): p["nodes"] for p in result["placements"] if p["graph"] == "decoder"}
     expected = {(c["bundle"], c["name"]): c for c in spec["cases"]}
     return [{"bundle": r["bundle"], "case": r["name"], "adapter": expected[(r["bundle"], r["name"])]["adapter"],
-             "tokens": r["tokens"] or [], "error": r["error"], "expected": expected[(r["bundle"], r["name"])]["expected"],
+             "tokens": r.get("tokens") or [], "error": r.get("error"), "expected": expected[(r["bundle"], r["name"])]["expected"],
              "nodes": {webgpu.WEBGPU: nodes.get(r["bundle"], {}).get(webgpu.WEBGPU, 0),
                        "CPU": nodes.get(r["bundle"], {}).get("CPUExecutionProvider", 0)}} for r in result["cases"]]
 
