@@ -19,7 +19,8 @@ from ..models.config import DecoderConfig, load_config
 from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
 from ..progress import progress
-from ..quant import QuantConfig
+from ..quant import CALIBRATED, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
+from ..quant.calibrate import Calibration, calibration_ids
 from .adapters import write_adapter
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
@@ -133,13 +134,15 @@ def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = 
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
-                 lora: bool = False, graph_format: str = "onnx", webgpu: bool = False) -> Path:
+                 lora: bool = False, graph_format: str = "onnx", webgpu: bool = False, quant_method: str = DEFAULT_METHOD,
+                 head: str = DEFAULT_HEAD, head_block_size: int = 0) -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
     adapters can be brought later). adapter_precision: fp32 or fp16 LoRA weights. graph_format:
     "onnx", or "ort" for onnxruntime's ORT format (export/mobile.py; staged as ONNX, then converted).
     webgpu: the decoder's WebGPU form (export/webgpu.py; the bundle requires "webgpu-decoder").
+    quant_method, head, head_block_size: int4 settings (quant.QuantConfig; docs/quantization.md).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if precision not in ("int4", "fp32"):
@@ -148,11 +151,14 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(LORA_DTYPES)}")
     if graph_format not in ("onnx", "ort"):
         raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
-    quant = QuantConfig(block_size=block_size) if precision == "int4" else None
+    quant = QuantConfig(quant_method, block_size=block_size, head=head, head_block_size=head_block_size) \
+        if precision == "int4" else None
     src = read_source(model_dir, adapters)
     cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
     lora_dtype = adapter_precision if (loras or lora) else None
     media = tuple((e.media_input, e.token_id) for e in encoders)
+    if quant is not None and quant.method in CALIBRATED:
+        quant = replace(quant, calibration=Calibration(cfg, weights, calibration_ids(src.tokenizer)))
 
     with staging(out_dir, force, src.inputs) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")
@@ -176,7 +182,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             created_by=f"phi4edge {version('phi4edge')}",
             model=src.model(),
             quantization=Quantization(precision=precision, **(quant.to_json() if quant else {}),  # type: ignore[arg-type]
-                                      tied_embeddings="one int4 tensor for embedding and LM head"
+                                      tied_embeddings=quant.describe_table()
                                       if quant and cfg.tie_word_embeddings else None),
             decoder=Decoder(graph="decoder.onnx", lora=lora_dtype, media=dict(media)),  # type: ignore[arg-type]
             adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]

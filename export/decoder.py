@@ -58,10 +58,6 @@ class DecoderBuilder:
             raise CheckpointError("--adapter-precision int8 has no WebGPU form (DynamicQuantizeMatMul); choose fp32 or fp16")
         if options.webgpu and cfg.sliding_window and cfg.sliding_window < cfg.max_position:
             raise CheckpointError(f"sliding_window {cfg.sliding_window}: the WebGPU form has no sliding-window attention")
-        q = options.quant
-        if q is not None and cfg.hidden_size % q.block_size:
-            raise CheckpointError(f"hidden_size {cfg.hidden_size} is not a multiple of block size "
-                                  f"{q.block_size}; choose a --block-size that divides it")
 
     # -- weights -------------------------------------------------------------------------------
     def linear(self, name: str, x: str, w: np.ndarray, lora: tuple[int, str] | None = None) -> str:
@@ -118,8 +114,9 @@ class DecoderBuilder:
         read: Callable[[slice], np.ndarray] = lambda rows: self.w.vocab_matrix(key, rows)
         if q is None:
             return g.weight(f"{name}.weight", read(slice(None))), None
-        blocks = cfg.hidden_size // q.block_size
-        packed = np.empty((cfg.vocab_size, blocks, q.block_size // 2), np.uint8)
+        q = q.table   # the head's own precision and block (a last partial block is zero padded)
+        blocks = -(-cfg.hidden_size // q.block_size)
+        packed = np.empty((cfg.vocab_size, blocks, q.block_size * q.bits // 8), np.uint8)
         scales = np.empty((cfg.vocab_size, blocks), np.float32)
         for lo in range(0, cfg.vocab_size, VOCAB_CHUNK_ROWS):
             rows = slice(lo, min(cfg.vocab_size, lo + VOCAB_CHUNK_ROWS))
@@ -140,9 +137,13 @@ class DecoderBuilder:
             # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
             assert scales is not None
             scales3 = g.op("Reshape", [scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
+            t = q.table
             rows = g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name="embed_tokens",
-                        gather_axis=0, quantize_axis=2, block_size=q.block_size, bits=q.bits)
+                        gather_axis=0, quantize_axis=2, block_size=t.block_size, bits=t.bits)
             embeds = g.op("Reshape", [rows, g.const("embed_shape", np.array([0, 0, -1]))])
+            if cfg.hidden_size % t.block_size:   # drop the padding of the last block
+                embeds = g.op("Slice", [embeds, g.const("zero1", np.array([0])), g.const("hidden1", np.array([cfg.hidden_size])),
+                                        g.const("axis2", np.array([2]))])
         for name, token_id in self.opt.media:
             embeds = self.merge(embeds, ids, name, token_id)
         return embeds
@@ -165,7 +166,7 @@ class DecoderBuilder:
         data, scales = table
         if q is not None and scales is not None:
             logits = g.op("MatMulNBits", [x, data, scales], domain=MS, name="lm_head", K=cfg.hidden_size,
-                          N=cfg.vocab_size, bits=q.bits, block_size=q.block_size, accuracy_level=q.accuracy_level)
+                          N=cfg.vocab_size, bits=q.table.bits, block_size=q.table.block_size, accuracy_level=q.accuracy_level)
         else:   # Gemm with transB reads the [vocab, hidden] table as stored: no transposed copy
             flat = g.op("Reshape", [x, g.const("flat_shape", np.array([-1, cfg.hidden_size]))])
             logits = g.op("Gemm", [flat, data], name="lm_head", transB=1)

@@ -68,7 +68,14 @@ def main() -> None:
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Bundle folder to create.")
 @click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
-@click.option("--block-size", type=int, default=32, show_default=True, help="int4 quantisation block size.")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="int4 quantisation block size (16-256; a partial last block is zero padded).")
+@click.option("--quant", type=click.Choice(["gptq", "hqq", "rtn"]), default="gptq", show_default=True,
+              help="int4 method: gptq (calibrated on the text shipped in the package), hqq (fitted scales and "
+                   "zero points, no calibration), rtn (round to nearest). Figures: docs/quantization.md.")
+@click.option("--head", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="Precision of the (tied) embedding / LM head table.")
+@click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=PEFT_DIR",
               help="Add a PEFT LoRA adapter (repeatable). Phi-4-multimodal's vision/speech come by themselves.")
@@ -94,7 +101,8 @@ def main() -> None:
 @click.option("--soc-model", type=click.IntRange(min=1), default=None,
               help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 69, the 8 Elite; 57: 8 Gen 3].")
 @friendly_errors
-def export(model_dir: str, out_dir: str, precision: str, block_size: int, force: bool, adapters: tuple[str, ...],
+def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant: str, head: str, head_block_size: int,
+           force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool, graph_format: str, target: str, context: int | None,
            prefill_chunk: int | None, image_crops: int | None, audio_seconds: float | None, soc_model: int | None) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
@@ -115,6 +123,7 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, force:
         raise click.UsageError(f"{given[0]} does not apply to --target {target}")
     if target in ("dynamic", "webgpu"):
         path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
+                            quant_method=quant, head=head, head_block_size=head_block_size,
                             adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format,
                             webgpu=target == "webgpu")
     else:

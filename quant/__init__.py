@@ -1,45 +1,104 @@
 """Weight quantisation for export: numpy weights in, MatMulNBits' packed arrays out.
 
-A method is one module exposing `quantize(w [N, K], block_size) -> (packed [N, K/bs, bs/2] uint8,
-scales [N, K/bs] float32)`, registered in METHODS by name; `QuantConfig` picks one and carries the
-settings the manifest records.
+A method is one module exposing `quantize(w [N, K], bits, block_size, hessian | None) ->
+QuantizedWeight`, registered in METHODS by name; `QuantConfig` picks one for the linears, a
+precision and block size for the tied embedding / LM head table, and carries the settings the
+manifest records. Methods measured on real pretrained weights: bench/RESULTS.md, docs/quantization.md.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import Phi4EdgeError
-from . import int4
+from . import gptq, hqq, int4
+from .blocks import QuantizedWeight, symmetric
 
-Quantizer = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-METHODS: dict[str, Quantizer] = {"rtn": int4.quantize_int4}   # round to nearest, symmetric
+Quantizer = Callable[[np.ndarray, int, int, "np.ndarray | None"], QuantizedWeight]
+
+
+def _rtn(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | None = None) -> QuantizedWeight:
+    """Round to nearest, symmetric (int4 packed by onnxruntime's own routine, as before)."""
+    if bits != 4:
+        return symmetric(w, bits, block_size)
+    packed, scales = int4.quantize_int4(w, block_size)
+    return QuantizedWeight(packed, scales, None, bits, block_size)
+
+
+METHODS: dict[str, Quantizer] = {
+    "rtn": _rtn,            # round to nearest, symmetric
+    "hqq": hqq.quantize,    # fitted scale and integer zero point per block, calibration-free
+    "gptq": gptq.quantize,  # error feedback with calibration Hessians, grids fitted as hqq
+}
+CALIBRATED = {"gptq"}
+HEADS = ("int4", "int8")
+DEFAULT_METHOD = "gptq"   # what `phi4edge export` uses: best measured trade-off (docs/quantization.md)
+DEFAULT_HEAD = "int8"
+
+
+def _check_block(option: str, block_size: int) -> None:
+    if not 16 <= block_size <= 256 or block_size & (block_size - 1):
+        raise Phi4EdgeError(f"{option} {block_size}: must be a power of two from 16 to 256")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """int4 settings recorded in the manifest. accuracy_level 4 = int8 compute on CPU (fast path)."""
+    """Quantisation settings. accuracy_level 4 = int8 compute on CPU (fast path).
+
+    head: precision of the vocabulary table (the tied embedding/LM head, or each of an untied
+    pair), symmetric so one tensor serves GatherBlockQuantized and MatMulNBits; head_block_size 0
+    means block_size. calibration: a quant.calibrate.Calibration for calibrated methods (not
+    recorded; without one they fall back to their calibration-free form).
+    """
 
     method: str = "rtn"
     bits: int = 4
     block_size: int = 32
     accuracy_level: int = 4
+    head: str = "int4"
+    head_block_size: int = 0
+    calibration: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise Phi4EdgeError(f"--quant {self.method!r}: choose one of {', '.join(sorted(METHODS))}")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise Phi4EdgeError(f"--block-size {self.block_size}: must be a power of two >= 16")
-        if self.bits != 4:
-            raise Phi4EdgeError(f"only 4-bit weights are supported, got bits={self.bits}")
+        _check_block("--block-size", self.block_size)
+        if self.head_block_size:
+            _check_block("--head-block-size", self.head_block_size)
+        if self.head not in HEADS:
+            raise Phi4EdgeError(f"--head {self.head!r}: choose one of {', '.join(HEADS)}")
+        if self.bits not in (4, 8):
+            raise Phi4EdgeError(f"only 4- and 8-bit weights are supported, got bits={self.bits}")
+
+    @property
+    def table(self) -> QuantConfig:
+        """Settings of the vocabulary table (symmetric: GatherBlockQuantized reads it without zero points)."""
+        return replace(self, bits=8 if self.head == "int8" else 4, block_size=self.head_block_size or self.block_size,
+                       calibration=None)
+
+    def weight(self, w: np.ndarray, name: str = "") -> QuantizedWeight:
+        """Quantise one linear's [out, in] weight; `name` (the graph's, e.g. layers.3.qkv_proj)
+        finds its calibration Hessian."""
+        hessian = self.calibration.hessian(name) if self.calibration is not None else None  # type: ignore[attr-defined]
+        return METHODS[self.method](w, self.bits, self.block_size, hessian)
 
     def quantize(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return METHODS[self.method](w, self.block_size)
+        """Symmetric (packed, scales) for table rows: round to nearest for method rtn (today's bytes),
+        least-squares scales otherwise."""
+        q = _rtn(w, self.bits, self.block_size) if self.method == "rtn" else \
+            hqq.quantize_symmetric(w, self.bits, self.block_size)
+        return q.packed, q.scales
+
+    def describe_table(self) -> str:
+        t = self.table
+        return f"one int{t.bits} tensor (block {t.block_size}) for embedding and LM head"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The manifest's fields (the table's settings go in its tied_embeddings note)."""
+        return {"method": self.method, "bits": self.bits, "block_size": self.block_size,
+                "accuracy_level": self.accuracy_level}
 
 
-__all__ = ["METHODS", "QuantConfig", "Quantizer"]
+__all__ = ["CALIBRATED", "DEFAULT_HEAD", "DEFAULT_METHOD", "HEADS", "METHODS", "QuantConfig", "QuantizedWeight", "Quantizer"]

@@ -86,15 +86,21 @@ class Model:
                images: Sequence[PreparedImage] = (), audios: Sequence[PreparedAudio] = ()) -> list[int]:
         """Prompt ids, with each image's and audio's placeholder tokens."""
         chars = len(prompt) + len(system or "") if isinstance(prompt, str) and isinstance(system, (str, type(None))) else 0
+        return self.tokenizer.encode_prompt(prompt, chat_template, system, self._placeholders("prompt", chars, images, audios))
+
+    def _placeholders(self, what: str, chars: int, images: Sequence[PreparedImage],
+                      audios: Sequence[PreparedAudio]) -> dict[str, tuple[int, list[int]]] | None:
+        """Each media kind's placeholder id and tokens per item, for the tokenizer; a text of `chars`
+        characters far beyond the context is refused first."""
         if chars > MAX_CHARS_PER_TOKEN * self.context_length:
-            raise RequestError(f"the prompt is {chars} characters: far more than this model's context of "
+            raise RequestError(f"the {what} is {chars} characters: far more than this model's context of "
                                f"{self.context_length} tokens holds (refused before tokenising, to bound memory)")
         media: dict[str, tuple[int, list[int]]] = {}
         if images and self.image_token_id is not None:
             media["image"] = (self.image_token_id, [i.num_tokens for i in images])
         if audios and self.audio_token_id is not None:
             media["audio"] = (self.audio_token_id, [a.num_tokens for a in audios])
-        return self.tokenizer.encode_prompt(prompt, chat_template, system, media or None)
+        return media or None
 
     @property
     def audio_token_id(self) -> int | None:
@@ -384,16 +390,9 @@ class Model:
     def encode_messages(self, messages: list[dict], images: Sequence[PreparedImage] = (),
                         audios: Sequence[PreparedAudio] = ()) -> list[int]:
         """Prompt ids for a conversation, with each image's and audio's placeholder tokens."""
-        chars = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
-        if chars > MAX_CHARS_PER_TOKEN * self.context_length:
-            raise RequestError(f"the conversation is {chars} characters: far more than this model's context of "
-                               f"{self.context_length} tokens holds (refused before tokenising, to bound memory)")
-        media: dict[str, tuple[int, list[int]]] = {}
-        if images and self.image_token_id is not None:
-            media["image"] = (self.image_token_id, [i.num_tokens for i in images])
-        if audios and self.audio_token_id is not None:
-            media["audio"] = (self.audio_token_id, [a.num_tokens for a in audios])
-        return self.tokenizer.encode_messages(messages, media or None)
+        chars = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)) \
+            if isinstance(messages, list) else 0   # the tokenizer refuses anything else, naming it
+        return self.tokenizer.encode_messages(messages, self._placeholders("conversation", chars, images, audios))
 
     def _features(self, items: dict[str, list], ids: np.ndarray, keep: int, everything: bool,
                   timings: dict) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:

@@ -25,10 +25,15 @@ IMAGE, AUDIO = SAMPLES / SPEC["image"]["file"], SAMPLES / SPEC["audio"]["file"]
 TEXT_PROMPT, TEXT_ANSWER = "Count from three to seven.", "three four five six seven"
 
 
+_EXPORTED: list[Path] = []   # every test module imports this fixture: export once per session, not per module
+
+
 @pytest.fixture(scope="session")
 def embedded_bundle(tmp_path_factory) -> Path:
-    return export_model(EMBEDDED / "checkpoint", tmp_path_factory.mktemp("served") / "embedded-int4",
-                        show_progress=False)
+    if not _EXPORTED:
+        _EXPORTED.append(export_model(EMBEDDED / "checkpoint", tmp_path_factory.mktemp("served") / "embedded-int4",
+                                      show_progress=False))
+    return _EXPORTED[0]
 
 
 def image_part(path: Path = IMAGE) -> dict:

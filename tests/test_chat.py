@@ -117,10 +117,12 @@ def test_a_full_context_drops_the_oldest_turns_visibly(embedded_bundle, tmp_path
     turns = 0
     while "context full" not in (out := say(chat, TEXT_PROMPT)) and turns < 12:
         turns += 1
-    assert turns > 2 and re.search(r"^\[context full: dropped the \d+ oldest messages to fit 120 tokens\]", out), out
+    found = re.search(r"^\[context full: dropped the (\d+) oldest messages to fit 120 tokens\]", out)
+    assert turns > 2 and found, out
     say(chat, f"/save {tmp_path / 'chat.json'}")
     kept = json.loads((tmp_path / "chat.json").read_text())["messages"]
-    assert kept[0]["role"] == "user" and kept[-2]["content"] == TEXT_PROMPT and 2 < len(kept) < 2 * turns
+    assert kept[0]["role"] == "user" and kept[-2]["content"] == TEXT_PROMPT
+    assert len(kept) == 2 * (turns + 1) - int(found.group(1))   # the image question was refused, not kept
     assert kept[-1]["content"] == alone(embedded_bundle, kept[:-1])   # the answer to the history that was kept
     chat.sendline("/quit")
     chat.expect(pexpect.EOF)

@@ -1,0 +1,100 @@
+"""Calibration for activation-aware methods: the inputs' second moments H = E[x x^T] of every decoder
+linear, from a float32 numpy forward pass of the checkpoint over calibration text.
+
+The text ships with the package (quant/calibration.txt, written for this purpose; never an
+evaluation text). The pass runs layer by layer as the exporter asks for each layer's linears, so
+only one layer's activations and Hessians are held: for Phi-4-mini at 2048 tokens that is 25 MB of
+hidden states and 0.4 GB of Hessians, whatever the depth.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..models.config import DecoderConfig
+from ..models.phi3 import Phi3Weights
+
+TEXT = Path(__file__).with_name("calibration.txt")
+SEQ_LEN = 512
+MAX_TOKENS = 4096
+NAME = re.compile(r"layers\.(\d+)\.(qkv_proj|o_proj|gate_up_proj|down_proj)$")
+
+
+def calibration_ids(tokenizer, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+    """[sequences, SEQ_LEN] token ids of the shipped calibration text (a `tokenizers` Tokenizer)."""
+    ids = tokenizer.encode(TEXT.read_text()).ids[:max_tokens]
+    n = max(1, len(ids) // SEQ_LEN)
+    return np.array(ids[: n * SEQ_LEN] if len(ids) >= SEQ_LEN else ids, np.int64).reshape(n, -1)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+class Calibration:
+    """Hessians of the decoder linears by graph name (`layers.{i}.qkv_proj`, ...), computed in order."""
+
+    def __init__(self, cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray):
+        from ..export.rope import cos_sin  # export imports quant: import at use, not at load
+
+        self.cfg, self.w = cfg, weights
+        rope = cfg.rope
+        cos, sin = cos_sin(rope, ids.shape[1], rope.short_factor if rope.kind == "longrope" else ())
+        self.cos, self.sin = cos[None, :, None], sin[None, :, None]
+        self.x = weights.vocab_matrix(weights.embed_key)[ids].astype(np.float32)   # residual stream
+        self.layer = -1
+        self.hessians: dict[str, np.ndarray] = {}
+
+    def hessian(self, name: str) -> np.ndarray | None:
+        """H for the named decoder linear, or None for any other weight."""
+        m = NAME.search(name)
+        if m is None:
+            return None
+        layer = int(m.group(1))
+        while self.layer < layer:
+            self._advance()
+        return self.hessians.get(m.group(2)) if self.layer == layer else None
+
+    @staticmethod
+    def _moment(x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(-1, x.shape[-1])
+        return (flat.T @ flat) / len(flat)
+
+    def _rotate(self, t: np.ndarray) -> np.ndarray:
+        r = self.cfg.rope.rotary_dim // 2
+        a, b = t[..., :r], t[..., r:2 * r]
+        return np.concatenate([a * self.cos - b * self.sin, b * self.cos + a * self.sin, t[..., 2 * r:]], -1)
+
+    def _attention(self, qkv: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        s, t, _ = qkv.shape
+        d, hq, hk = c.head_dim, c.num_heads, c.num_kv_heads
+        q = self._rotate(qkv[..., :hq * d].reshape(s, t, hq, d))
+        k = self._rotate(qkv[..., hq * d:(hq + hk) * d].reshape(s, t, hk, d))
+        v = qkv[..., (hq + hk) * d:].reshape(s, t, hk, d)
+        k, v = np.repeat(k, hq // hk, axis=2), np.repeat(v, hq // hk, axis=2)
+        scores = np.einsum("sqhd,skhd->shqk", q, k) / np.sqrt(d)
+        scores += np.triu(np.full((t, t), -np.inf, np.float32), 1)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        return np.einsum("shqk,skhd->sqhd", scores, v).reshape(s, t, hq * d)
+
+    def _advance(self) -> None:
+        """Run the next layer on the calibration batch, recording its linears' Hessians."""
+        self.layer += 1
+        i, c, w = self.layer, self.cfg, self.w
+        if i >= c.num_layers:
+            return
+        h = rms_norm(self.x, w.norm(i), c.rms_norm_eps)
+        qkv_w = w.linear(i, "self_attn.qkv_proj")
+        attn = self._attention(h @ qkv_w.T)
+        o_w = w.linear(i, "self_attn.o_proj")
+        self.hessians = {"qkv_proj": self._moment(h), "o_proj": self._moment(attn)}
+        self.x = self.x + attn @ o_w.T
+        h = rms_norm(self.x, w.norm(i, "post_attention_layernorm"), c.rms_norm_eps)
+        gate, up = np.split(h @ w.linear(i, "mlp.gate_up_proj").T, 2, axis=-1)
+        act = gate / (1 + np.exp(-gate)) * up
+        self.hessians |= {"gate_up_proj": self._moment(h), "down_proj": self._moment(act)}
+        self.x = self.x + act @ w.linear(i, "mlp.down_proj").T
