@@ -3,7 +3,7 @@
 # and audio prompts. Here the only WebGPU adapter is SwiftShader (a software Vulkan GPU that Debian's
 # chromium package ships): no real GPU runs. Run as root (apt-get installs what is missing).
 #   make webgpu-check    native: onnxruntime-ep-webgpu on SwiftShader's Vulkan ICD (~2 min)
-#   make browser-check   headless Chromium: onnxruntime-web (web/, pinned by web/package-lock.json)
+#   make browser-check   headless Chromium: onnxruntime-web (runtime/web/, pinned by its package-lock.json)
 # Tables: build/webgpu/native.md, build/webgpu/browser.md.
 
 WEBGPU_OUT  := build/webgpu
@@ -21,10 +21,10 @@ webgpu-check: install webgpu-debian
 	$(PY) -m pip install -q $(PIN) -e '.[webgpu]'
 	$(WEBGPU_ENV) $(PY) -m scripts.webgpu_check native --out $(WEBGPU_OUT)
 
-web/node_modules/.package-lock.json: web/package.json web/package-lock.json
-	cd web && npm ci --no-audit --no-fund
+runtime/web/node_modules/.package-lock.json: runtime/web/package.json runtime/web/package-lock.json
+	cd runtime/web && npm ci --no-audit --no-fund
 
-web-deps: web/node_modules/.package-lock.json
+web-deps: runtime/web/node_modules/.package-lock.json
 
 browser-check: install webgpu-debian web-deps
 	$(PY) -m scripts.webgpu_check browser --out $(WEBGPU_OUT)

@@ -1,6 +1,6 @@
 """`make webgpu-check` / `make browser-check`: the embedded model's bundles on onnxruntime's WebGPU EP
 give the CPU's greedy tokens on text, image and audio prompts, natively (onnxruntime-ep-webgpu on a
-Vulkan driver: Chromium's SwiftShader here) and in headless Chromium (onnxruntime-web, web/).
+Vulkan driver: Chromium's SwiftShader here) and in headless Chromium (onnxruntime-web, runtime/web/).
 
     python -m scripts.webgpu_check native  [--out build/webgpu] [--items 2]
     python -m scripts.webgpu_check browser [--out build/webgpu] [--items 2]
@@ -187,7 +187,7 @@ def browser(out: Path, cases: list[dict], bundles: dict[str, Path]) -> list[dict
             "cases": [{**c, "bundle": name} for name in bundles for c in cases if name.endswith(c["precision"])]}
     (out / "cases" / "cases.json").write_text(json.dumps(spec))
     result_file = out / "browser.json"
-    subprocess.run(["node", str(REPO / "web" / "test" / "check.mjs"), str(out), str(result_file)], check=True)
+    subprocess.run(["node", str(REPO / "runtime" / "web" / "test" / "check.mjs"), str(out), str(result_file)], check=True)
     result = json.loads(result_file.read_text())
     print(f"onnxruntime-web WebGPU in headless Chromium, adapter: {result['adapter']}")
     nodes = {(p["bundle"]): p["nodes"] for p in result["placements"] if p["graph"] == "decoder"}
