@@ -19,6 +19,7 @@ from ..models.phi3 import Phi3Weights
 TEXT = Path(__file__).with_name("calibration.txt")
 SEQ_LEN = 512
 MAX_TOKENS = 4096
+TABLE_ROWS = 16384
 NAME = re.compile(r"layers\.(\d+)\.(qkv_proj|o_proj|gate_up_proj|down_proj)$")
 
 
@@ -43,7 +44,11 @@ class Calibration:
         rope = cfg.rope
         cos, sin = cos_sin(rope, ids.shape[1], rope.short_factor if rope.kind == "longrope" else ())
         self.cos, self.sin = cos[None, :, None], sin[None, :, None]
-        self.x = weights.vocab_matrix(weights.embed_key)[ids].astype(np.float32)   # residual stream
+        self.x = np.zeros(ids.shape + (cfg.hidden_size,), np.float32)   # residual stream
+        for lo in range(0, cfg.vocab_size, TABLE_ROWS):   # Phi-4-mini's table is 2.4 GB as float32: read in slices
+            rows = weights.vocab_matrix(weights.embed_key, slice(lo, min(cfg.vocab_size, lo + TABLE_ROWS)))
+            hit = (ids >= lo) & (ids < lo + len(rows))
+            self.x[hit] = rows[ids[hit] - lo]
         self.layer = -1
         self.hessians: dict[str, np.ndarray] = {}
 

@@ -125,3 +125,26 @@ def test_bundles_with_each_choice_run_and_agree(shape, method, head, block, head
         assert b.shape == a.shape and np.isfinite(b).all()
         agree.append(np.argmax(a, -1) == np.argmax(b, -1))
     assert np.concatenate(agree).mean() > 0.8
+
+
+@pytest.mark.parametrize("shape", ["phi4mini", "gqa4"])
+def test_calibration_pass_equals_transformers(shape, checkpoints):
+    """The numpy pass that feeds GPTQ its Hessians computes transformers' hidden states (partial
+    rotary, LongRoPE short factors, GQA), so the Hessians are those of the real layer inputs."""
+    import torch
+
+    from phi4edge.models.checkpoint import Checkpoint
+    from phi4edge.models.config import load_config
+    from phi4edge.models.phi3 import Phi3Weights
+    from phi4edge.quant.calibrate import Calibration
+
+    from .checkpoints import load_reference
+
+    cfg = load_config(checkpoints[shape])
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 40))
+    calib = Calibration(cfg, Phi3Weights(Checkpoint(checkpoints[shape]), cfg), ids)
+    with torch.no_grad():
+        states = load_reference(checkpoints[shape]).float()(torch.tensor(ids), output_hidden_states=True).hidden_states
+    for layer in range(cfg.num_layers - 1):   # the last hidden state is after the final norm
+        calib.hessian(f"layers.{layer}.down_proj")
+        np.testing.assert_allclose(calib.x, states[layer + 1].numpy(), atol=2e-4 * float(np.abs(calib.x).max()))
