@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .errors import Phi4EdgeError
+from .quant import DEFAULT_HEAD, DEFAULT_METHOD, HEADS, METHODS
 
 
 def friendly_errors(fn):
@@ -70,10 +71,10 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="int4 quantisation block size (16-256; a partial last block is zero padded).")
-@click.option("--quant", type=click.Choice(["gptq", "hqq", "rtn"]), default="gptq", show_default=True,
+@click.option("--quant", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True,
               help="int4 method: gptq (calibrated on the text shipped in the package), hqq (fitted scales and "
                    "zero points, no calibration), rtn (round to nearest). Figures: docs/quantization.md.")
-@click.option("--head", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+@click.option("--head", type=click.Choice(HEADS), default=DEFAULT_HEAD, show_default=True,
               help="Precision of the (tied) embedding / LM head table.")
 @click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")

@@ -84,7 +84,7 @@ def test_inspect_verifies_hashes(bundles, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(bundles["phi4mini", "int4"], copy)
     ok = CliRunner().invoke(main, ["inspect", str(copy)])
-    assert ok.exit_code == 0 and "int4 (gptq), block 32" in ok.output and "FAILED" not in ok.output
+    assert ok.exit_code == 0 and "int4 (rtn), block 32" in ok.output and "FAILED" not in ok.output
     with open(copy / "decoder.onnx.data", "r+b") as f:
         f.seek(5000)
         byte = f.read(1)
