@@ -20,8 +20,8 @@ from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
 from ..progress import progress
 from ..quant import CALIBRATED, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
-from ..quant.calibrate import Calibration, calibration_ids
 from .adapters import write_adapter
+from .calibrate import Calibration, calibration_ids
 from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
 from .genai_config import genai_config

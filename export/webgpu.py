@@ -64,11 +64,10 @@ class PlainAttention:
         g, cfg = self.g, self.cfg
         half = cfg.rope.rotary_dim // 2
         rest = cfg.head_dim - 2 * half
-        x1, x2, tail = g.split(x, [half, half, rest], axis=-1, name=f"{name}.rotary_split") if rest else \
-            [*g.split(x, [half, half], axis=-1, name=f"{name}.rotary_split"), None]
+        x1, x2, *tail = g.split(x, [half, half, rest] if rest else [half, half], axis=-1, name=f"{name}.rotary_split")
         a = g.op("Sub", [g.op("Mul", [x1, self.cos]), g.op("Mul", [x2, self.sin])])
         b = g.op("Add", [g.op("Mul", [x2, self.cos]), g.op("Mul", [x1, self.sin])])
-        return g.op("Concat", [a, b] + ([tail] if tail else []), axis=-1, name=f"{name}.rotary")
+        return g.op("Concat", [a, b, *tail], axis=-1, name=f"{name}.rotary")
 
     def __call__(self, layer: int, qkv: str, past_k: str, past_v: str, present_k: str, present_v: str) -> str:
         """Attention output [batch, S, hidden] of packed qkv; writes the present key/value outputs."""

@@ -53,7 +53,7 @@ class QuantConfig:
 
     head: precision of the vocabulary table (the tied embedding/LM head, or each of an untied
     pair), symmetric so one tensor serves GatherBlockQuantized and MatMulNBits; head_block_size 0
-    means block_size. calibration: a quant.calibrate.Calibration for calibrated methods (not
+    means block_size. calibration: an export.calibrate.Calibration for calibrated methods (not
     recorded; without one they fall back to their calibration-free form).
     """
 

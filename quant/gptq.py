@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import hqq
 from .blocks import QuantizedWeight, asymmetric, blocked
+from .hqq import fit_blocks, importance
+from .hqq import quantize as hqq_quantize
 
 DAMP = 0.01    # of the mean diagonal, added to H: the usual GPTQ value; 0.1 was worse on SmolLM2
 LAZY = 128     # columns updated together before the trailing matrix (the paper's lazy batch)
@@ -31,10 +32,10 @@ def inverse_factor(h: np.ndarray) -> np.ndarray:
 
 def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | None = None) -> QuantizedWeight:
     if hessian is None:
-        return hqq.quantize(w, bits, block_size)
+        return hqq_quantize(w, bits, block_size)
     n, k = w.shape
     u = inverse_factor(hessian).astype(np.float32)
-    weight = hqq.importance(k, block_size, hessian)
+    weight = importance(k, block_size, hessian)
     w = np.array(w, np.float32)
     blocks = -(-k // block_size)
     scales = np.empty((n, blocks), np.float32)
@@ -51,7 +52,7 @@ def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | No
                 g = col // block_size
                 end = min(block_size, i2 - i1 - i)
                 b = blocked(w1[:, i:i + end], block_size)
-                scales[:, g], zero[:, g] = (x[:, 0] for x in hqq.fit_blocks(b, weight[g:g + 1], bits))
+                scales[:, g], zero[:, g] = (x[:, 0] for x in fit_blocks(b, weight[g:g + 1], bits))
             g = col // block_size
             s = np.where(scales[:, g] == 0, 1, scales[:, g])
             q = (np.clip(np.rint(w1[:, i] / s + zero[:, g]), 0, top) - zero[:, g]) * scales[:, g]

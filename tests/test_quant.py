@@ -133,10 +133,10 @@ def test_calibration_pass_equals_transformers(shape, checkpoints):
     rotary, LongRoPE short factors, GQA), so the Hessians are those of the real layer inputs."""
     import torch
 
+    from phi4edge.export.calibrate import Calibration
     from phi4edge.models.checkpoint import Checkpoint
     from phi4edge.models.config import load_config
     from phi4edge.models.phi3 import Phi3Weights
-    from phi4edge.quant.calibrate import Calibration
 
     from .checkpoints import load_reference
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..models.config import DecoderConfig
 from ..models.phi3 import Phi3Weights
+from .rope import cos_sin
 
-TEXT = Path(__file__).with_name("calibration.txt")
+TEXT = Path(__file__).parent.parent / "quant" / "calibration.txt"   # phi4edge/quant/, package data
 SEQ_LEN = 512
 MAX_TOKENS = 4096
 TABLE_ROWS = 16384
@@ -38,7 +39,6 @@ class Calibration:
     """Hessians of the decoder linears by graph name (`layers.{i}.qkv_proj`, ...), computed in order."""
 
     def __init__(self, cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray):
-        from ..export.rope import cos_sin  # export imports quant: import at use, not at load
 
         self.cfg, self.w = cfg, weights
         rope = cfg.rope
