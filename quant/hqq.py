@@ -22,30 +22,36 @@ CHUNK_ELEMENTS = 1 << 24                 # rows handled at a time bound peak mem
 
 def fit_blocks(b: np.ndarray, weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Best (scales, integer zero points) for blocked weights b [N, blocks, bs] with per-element
-    importance `weight` [blocks, bs] (broadcast over rows)."""
+    importance `weight` [blocks, bs] (broadcast over rows).
+
+    All starts run at once on a leading axis (GPTQ calls this once per block of columns on small
+    arrays, where a loop over starts cost 5x the numpy calls); the candidates keep the order of
+    one start after another, so the first grid with the lowest error wins, as before."""
     top = (1 << bits) - 1
-    best_s, best_z = minmax(b, bits)
-    best_err = error(b, best_s, best_z, weight, bits)
+    start_s, start_z = minmax(b, bits)
+    s, z = (np.stack(x) for x in zip(*(minmax(b, bits, shrink) for shrink in SHRINK)))   # [starts, N, blocks]
     sw = weight.sum(-1)
-    for shrink in SHRINK:
-        s, z = minmax(b, bits, shrink)
-        for _ in range(ROUNDS):
-            q = levels(b, s, z, bits).astype(np.float32)
-            # weighted regression b ~ s * q + c, then zero = round(-c / s) and s refitted
-            mq, mb = (q * weight).sum(-1) / sw, (b * weight).sum(-1) / sw
-            var = ((q - mq[..., None]) ** 2 * weight).sum(-1)
-            cov = ((q - mq[..., None]) * (b - mb[..., None]) * weight).sum(-1)
-            s_new = np.where(var > 0, cov / np.where(var > 0, var, 1), s)
-            s_new = np.where(s_new > 0, s_new, s)
-            z = np.clip(np.rint(mq - mb / s_new), 0, top)
-            d = q - z[..., None]
-            den = (d * d * weight).sum(-1)
-            s = np.where(den > 0, (d * b * weight).sum(-1) / np.where(den > 0, den, 1), s_new).astype(np.float32)
-            s = np.where(s > 0, s, s_new).astype(np.float32)
-            err = error(b, s, z, weight, bits)
-            better = err < best_err
-            best_s, best_z, best_err = np.where(better, s, best_s), np.where(better, z, best_z), np.minimum(err, best_err)
-    return best_s.astype(np.float32), best_z.astype(np.float32)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for _ in range(ROUNDS):
+        q = levels(b, s, z, bits).astype(np.float32)
+        # weighted regression b ~ s * q + c, then zero = round(-c / s) and s refitted
+        mq, mb = (q * weight).sum(-1) / sw, (b * weight).sum(-1) / sw
+        var = ((q - mq[..., None]) ** 2 * weight).sum(-1)
+        cov = ((q - mq[..., None]) * (b - mb[..., None]) * weight).sum(-1)
+        s_new = np.where(var > 0, cov / np.where(var > 0, var, 1), s)
+        s_new = np.where(s_new > 0, s_new, s)
+        z = np.clip(np.rint(mq - mb / s_new), 0, top)
+        d = q - z[..., None]
+        den = (d * d * weight).sum(-1)
+        s = np.where(den > 0, (d * b * weight).sum(-1) / np.where(den > 0, den, 1), s_new).astype(np.float32)
+        s = np.where(s > 0, s, s_new).astype(np.float32)
+        found.append((s, z, error(b, s, z, weight, bits)))
+    # candidates [1 + starts * ROUNDS, N, blocks]: min/max grid, then each start's rounds in turn
+    cand = [np.concatenate([first[None], np.stack(x, 1).reshape((-1,) + first.shape)])
+            for first, x in zip((start_s, start_z, error(b, start_s, start_z, weight, bits)), zip(*found))]
+    best = cand[2].argmin(0)[None]
+    return (np.take_along_axis(cand[0], best, 0)[0].astype(np.float32),
+            np.take_along_axis(cand[1], best, 0)[0].astype(np.float32))
 
 
 def error(b: np.ndarray, s: np.ndarray, z: np.ndarray, weight: np.ndarray, bits: int) -> np.ndarray:
@@ -67,7 +73,7 @@ def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | No
     b = blocked(w, block_size)
     scales = np.empty(b.shape[:2], np.float32)
     zero = np.empty(b.shape[:2], np.float32)
-    step = max(1, CHUNK_ELEMENTS // b[0].size)
+    step = max(1, CHUNK_ELEMENTS // (b[0].size * len(SHRINK)))
     for lo in range(0, n, step):
         scales[lo:lo + step], zero[lo:lo + step] = fit_blocks(b[lo:lo + step], weight, bits)
     return asymmetric(b, scales, zero, bits, block_size)
