@@ -14,7 +14,7 @@ from phi4edge.errors import Phi4EdgeError
 from phi4edge.export import export_model
 from phi4edge.export.graph import Graph, WeightFile
 from phi4edge.export.linear import linear
-from phi4edge.quant import METHODS, QuantConfig
+from phi4edge.quant import METHODS, QuantConfig, gptq
 from phi4edge.quant.blocks import asymmetric, blocked, minmax, symmetric
 
 from .checkpoints import WORDS
@@ -90,6 +90,20 @@ def test_calibrated_methods_beat_round_to_nearest():
     rtn, hqq, gptq = (output_error(w, held_out, m, h) for m in ("rtn", "hqq", "gptq"))
     print(f"\nrelative output error: rtn {rtn:.4f}, hqq {hqq:.4f}, gptq {gptq:.4f}")
     assert hqq < 0.8 * rtn and gptq < 0.95 * hqq   # measured 0.66 and 0.90
+
+
+def test_gptq_inverse_factor_is_the_cholesky_factor_of_the_inverse():
+    """U from one reversed Cholesky and the triangular inverse by halves (K past the 256 cut, odd, with
+    a dead input): upper, positive diagonal, U^T U = (H + damping)^-1 as numpy's general inverse."""
+    _, x = realish_layer(k=601, tokens=2048)
+    x[:, 7] = 0
+    h = (x.T @ x / len(x)).astype(np.float64)
+    u = gptq.inverse_factor(h)
+    damped = h.copy()
+    damped[7, 7] = 1
+    damped[np.diag_indices_from(damped)] += gptq.DAMP * np.mean(np.diag(damped))
+    assert np.array_equal(u, np.triu(u)) and (np.diag(u) > 0).all()
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), atol=1e-9 * np.abs(np.linalg.inv(damped)).max())
 
 
 def test_bad_settings_are_refused():
