@@ -17,7 +17,8 @@ from .blocks import QuantizedWeight, asymmetric, blocked, levels, minmax, pack
 
 SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8)   # starting ranges tried; more than 5 changed ppl by < 0.1%
 ROUNDS = 3                               # alternations per start; the error settles by the third
-CHUNK_ELEMENTS = 1 << 24                 # rows handled at a time bound peak memory (~1 GB of temporaries)
+CHUNK_ELEMENTS = 1 << 18                 # elements (all starts) fitted at a time: temporaries stay in cache
+                                         # (3072x576 at block 64: 0.41 s CPU, 1.5 s with 1 << 24)
 
 
 def fit_blocks(b: np.ndarray, weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
