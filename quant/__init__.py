@@ -36,8 +36,8 @@ CALIBRATED = {"gptq"}
 HEADS = ("int4", "int8")
 # What `phi4edge export` uses. Still round to nearest with an int4 head: gptq with an int8 head cut the
 # real-weights perplexity rise from +40% to +12.7% but costs 5.94 bits/weight (the issue bounds 5.5),
-# a larger head read every token (decode speed not yet measured), and made the embedded model's
-# export 27x slower (33 s against 1.2 s), which every test export would pay (docs/quantization.md).
+# a larger head read every token (decode speed not yet measured), and makes the embedded model's
+# export 11x slower (9.4 s of CPU against 0.85 s), which every test export would pay (docs/quantization.md).
 DEFAULT_METHOD = "rtn"
 DEFAULT_HEAD = "int4"
 
