@@ -12,6 +12,7 @@ provider) and, for each bundle and adapter OpenVINO gets wrong, the first node w
 departs from the CPU's and the first NaN/Inf one, then the two faults on two-node graphs. Exits 1 when a WebGPU-form bundle (the form that runs on
 OpenVINO, docs/openvino.md) gives tokens other than the CPU's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,16 @@ def bundle_spec(path: Path) -> dict:
     b = open_bundle(path)
     m = b.manifest
     cfg = m.model.config
-    return {"graphs": {kind: str(b.file(file)) for kind, file in m.graphs.items()}, "layers": cfg.num_layers,
-            "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden": cfg.hidden_size, "eos": list(m.eos_token_ids),
-            "media": list(m.decoder.media), "lora_dtype": "float16" if m.decoder.lora == "fp16" else "float32"}
+    return {
+        "graphs": {kind: str(b.file(file)) for kind, file in m.graphs.items()},
+        "layers": cfg.num_layers,
+        "kv_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden": cfg.hidden_size,
+        "eos": list(m.eos_token_ids),
+        "media": list(m.decoder.media),
+        "lora_dtype": "float16" if m.decoder.lora == "fp16" else "float32",
+    }
 
 
 def adapter_file(out: Path, name: str, path: Path, adapter: str | None) -> str | None:
@@ -68,16 +76,20 @@ def adapter_file(out: Path, name: str, path: Path, adapter: str | None) -> str |
 
 def table(rows: list[dict], expected: dict) -> tuple[str, int]:
     """Markdown table of the rows and the count of WebGPU-form mismatches."""
-    lines = ["| bundle | prompt | adapter | tokens | equal to CPU | logits finite | first-step max abs logit diff | nodes (OpenVINO/CPU) | on CPU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| bundle | prompt | adapter | tokens | equal to CPU | logits finite | first-step max abs logit diff | nodes (OpenVINO/CPU) | on CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     bad = 0
     for r in rows:
         equal = r["tokens"] == expected[(r["bundle"], r["case"])]
         bad += (not equal) and r["bundle"].startswith("webgpu-form")
         diff = "" if r["diff"] is None else f"{r['diff']:.2g}"
-        lines.append(f"| {r['bundle']} | {r['case']} | {r['adapter'] or 'none'} | {len(r['tokens'])} | {'yes' if equal else '**no**'} | "
-                     f"{'yes' if r['finite'] else '**NaN**'} | {diff} | {r['nodes'].get('OpenVINO', 0)}/{r['nodes'].get('CPU', 0)} | "
-                     f"{', '.join(f'{op} x{n}' for op, n in r['nodes']['cpu_ops'].items())} |")
+        lines.append(
+            f"| {r['bundle']} | {r['case']} | {r['adapter'] or 'none'} | {len(r['tokens'])} | {'yes' if equal else '**no**'} | "
+            f"{'yes' if r['finite'] else '**NaN**'} | {diff} | {r['nodes'].get('OpenVINO', 0)}/{r['nodes'].get('CPU', 0)} | "
+            f"{', '.join(f'{op} x{n}' for op, n in r['nodes']['cpu_ops'].items())} |"
+        )
     return "\n".join(lines), bad
 
 
@@ -87,8 +99,10 @@ def causes_text(causes: dict, repro: dict) -> str:
         for what, label in (("departs", "first node departing from CPU"), ("non_finite", "first NaN/Inf node")):
             n = c[what]
             if n:
-                lines.append(f"- {bundle} ({c['case']}), {label}: {n['op']} `{n['node']}` -> `{n['output']}` "
-                             f"(OpenVINO shape {n['openvino_shape']}, CPU {n['cpu_shape']}; inputs {', '.join(n['inputs'])})")
+                lines.append(
+                    f"- {bundle} ({c['case']}), {label}: {n['op']} `{n['node']}` -> `{n['output']}` "
+                    f"(OpenVINO shape {n['openvino_shape']}, CPU {n['cpu_shape']}; inputs {', '.join(n['inputs'])})"
+                )
     return "\n".join(lines)
 
 
@@ -100,12 +114,21 @@ def main() -> None:
     python = ensure_venv()
     bundles = export_bundles(args.out)
     cases = prepare(args.out, args.items)
-    spec = {"cases_dir": str(args.out / "cases"), "bundles": {name: bundle_spec(path) for name, path in bundles.items()},
-            "cases": [{**c, "bundle": name, "adapter_file": adapter_file(args.out, name, path, c["adapter"])}
-                      for name, path in bundles.items() for c in cases if name.endswith(c["precision"])]}
+    spec = {
+        "cases_dir": str(args.out / "cases"),
+        "bundles": {name: bundle_spec(path) for name, path in bundles.items()},
+        "cases": [
+            {**c, "bundle": name, "adapter_file": adapter_file(args.out, name, path, c["adapter"])}
+            for name, path in bundles.items()
+            for c in cases
+            if name.endswith(c["precision"])
+        ],
+    }
     (args.out / "spec.json").write_text(json.dumps(spec))
     result_file = args.out / "openvino.json"
-    subprocess.run([str(python), str(REPO / "scripts" / "openvino_worker.py"), str(args.out / "spec.json"), str(result_file)], check=True)
+    subprocess.run(
+        [str(python), str(REPO / "scripts" / "openvino_worker.py"), str(args.out / "spec.json"), str(result_file)], check=True
+    )
     result = json.loads(result_file.read_text())
     expected = {(c["bundle"], c["name"]): c["expected"] for c in spec["cases"]}
     text, bad = table(result["rows"], expected)

@@ -12,6 +12,7 @@ per provider and, for each bundle and adapter whose OpenVINO answer was not fini
 EP's, the first node whose OpenVINO output departs from the CPU's and the first non-finite one; and
 the two faults those nodes show, each on a two-node graph (`repro`).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,19 +56,29 @@ def repro(folder: Path) -> dict[str, float]:
     rank0 = {"A": np.zeros((256, 0), np.float32), "B": np.zeros((0, 512), np.float32)}
     found = {}
     for defaults in (True, False):
-        inits = [h.make_tensor(n, onnx.TensorProto.FLOAT, d, []) for n, d in (("A", [256, 0]), ("B", [0, 512]))] if defaults else []
-        graph = h.make_graph([h.make_node("MatMul", ["x", "A"], ["xa"]), h.make_node("MatMul", ["xa", "B"], ["y"])], "lora",
-                             [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 9, 256]),
-                              h.make_tensor_value_info("A", onnx.TensorProto.FLOAT, [256, "r"]),
-                              h.make_tensor_value_info("B", onnx.TensorProto.FLOAT, ["r", 512])],
-                             [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 9, 512])], inits)
+        inits = (
+            [h.make_tensor(n, onnx.TensorProto.FLOAT, d, []) for n, d in (("A", [256, 0]), ("B", [0, 512]))] if defaults else []
+        )
+        graph = h.make_graph(
+            [h.make_node("MatMul", ["x", "A"], ["xa"]), h.make_node("MatMul", ["xa", "B"], ["y"])],
+            "lora",
+            [
+                h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 9, 256]),
+                h.make_tensor_value_info("A", onnx.TensorProto.FLOAT, [256, "r"]),
+                h.make_tensor_value_info("B", onnx.TensorProto.FLOAT, ["r", 512]),
+            ],
+            [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 9, 512])],
+            inits,
+        )
         path = folder / "rank0-lora.onnx"
         onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=10), str(path))
         for where in PROVIDERS:
             s = session(str(path), where)
             if defaults:
                 found[f"{where}, initializer defaults rank 0: max |y - 0|"] = float(np.abs(s.run(None, {"x": x})[0]).max())
-                found[f"{where}, initializer defaults fed rank 1: max |y - 512|"] = float(np.abs(s.run(None, {"x": x, **rank1})[0] - 512).max())
+                found[f"{where}, initializer defaults fed rank 1: max |y - 512|"] = float(
+                    np.abs(s.run(None, {"x": x, **rank1})[0] - 512).max()
+                )
             else:
                 found[f"{where}, plain inputs fed rank 0: max |y - 0|"] = float(np.abs(s.run(None, {"x": x, **rank0})[0]).max())
         path.unlink()
@@ -104,8 +115,11 @@ class Runner:
         if e:
             feeds = {name: np.fromfile(cases_dir / s["file"], s["dtype"]).reshape(s["dims"]) for name, s in e["inputs"].items()}
             media[e["feed"]] = self.session(e["graph"]).run([e["output"]], feeds)[0]
-        past = {f"past_key_values.{i}.{k}": np.zeros((1, b["kv_heads"], 0, b["head_dim"]), np.float32)
-                for i in range(b["layers"]) for k in ("key", "value")}
+        past = {
+            f"past_key_values.{i}.{k}": np.zeros((1, b["kv_heads"], 0, b["head_dim"]), np.float32)
+            for i in range(b["layers"])
+            for k in ("key", "value")
+        }
         ids = np.array([case["ids"]], np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), **past, **media, **self.lora(case.get("adapter_file"))}
 
@@ -120,7 +134,9 @@ class Runner:
             if tokens[-1] in b["eos"] or not np.isfinite(logits).all():
                 break
             total = feeds["attention_mask"].shape[1] + 1
-            feeds.update({f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(b["layers"]) for k in ("key", "value")})
+            feeds.update(
+                {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(b["layers"]) for k in ("key", "value")}
+            )
             feeds.update({name: np.zeros((0, b["hidden"]), np.float32) for name in b["media"]})
             feeds["input_ids"], feeds["attention_mask"] = np.array([[tokens[-1]]], np.int64), np.ones((1, total), np.int64)
         assert first is not None
@@ -144,17 +160,25 @@ def first_bad_nodes(runner: dict[str, Runner], case: dict, cases_dir: Path) -> d
                 order.append((node, name))
     copy = path.with_name(path.stem + ".all-outputs.onnx")
     onnx.save(model, str(copy))
-    feeds, outs = runner["cpu"].first_feeds(case, cases_dir), {}   # the CPU's encoder output for both
+    feeds, outs = runner["cpu"].first_feeds(case, cases_dir), {}  # the CPU's encoder output for both
     for where in runner:
         s = session(str(copy), where)
         outs[where] = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
     found: dict[str, dict | None] = {"departs": None, "non_finite": None}
     for node, name in order:
         a, b = outs["cpu"][name], outs["openvino"][name]
-        shown = {"node": node.name, "op": node.op_type, "output": name, "cpu_shape": list(a.shape), "openvino_shape": list(b.shape),
-                 "inputs": list(node.input)}
+        shown = {
+            "node": node.name,
+            "op": node.op_type,
+            "output": name,
+            "cpu_shape": list(a.shape),
+            "openvino_shape": list(b.shape),
+            "inputs": list(node.input),
+        }
         with np.errstate(invalid="ignore", over="ignore"):
-            off = a.shape != b.shape or a.dtype.kind == "f" and a.size and not np.abs(a - b).max() <= 1e-3 + 0.05 * np.abs(a).max()
+            off = (
+                a.shape != b.shape or a.dtype.kind == "f" and a.size and not np.abs(a - b).max() <= 1e-3 + 0.05 * np.abs(a).max()
+            )
         if found["departs"] is None and off:
             found["departs"] = shown
         if found["non_finite"] is None and b.dtype.kind == "f" and not np.isfinite(b).all():
@@ -174,14 +198,24 @@ def main() -> None:
             tokens, logits = runner["openvino"].greedy(case, cases_dir)
             cpu_tokens, ref = runner["cpu"].greedy(case, cases_dir)
             finite = bool(np.isfinite(logits).all())
-            rows.append({"bundle": name, "case": case["name"], "adapter": case["adapter"], "tokens": tokens,
-                         "cpu_ep_tokens": cpu_tokens, "finite": finite, "nodes": counts,
-                         "diff": float(np.abs(logits - ref).max()) if finite else None})
+            rows.append(
+                {
+                    "bundle": name,
+                    "case": case["name"],
+                    "adapter": case["adapter"],
+                    "tokens": tokens,
+                    "cpu_ep_tokens": cpu_tokens,
+                    "finite": finite,
+                    "nodes": counts,
+                    "diff": float(np.abs(logits - ref).max()) if finite else None,
+                }
+            )
             key = f"{name}, adapter {case['adapter'] or 'none'}"
             if (not finite or tokens != cpu_tokens) and key not in causes:
                 causes[key] = {"case": case["name"], **first_bad_nodes(runner, case, cases_dir)}
-    Path(sys.argv[2]).write_text(json.dumps({"onnxruntime": ort.__version__, "rows": rows, "causes": causes,
-                                             "repro": repro(cases_dir)}))
+    Path(sys.argv[2]).write_text(
+        json.dumps({"onnxruntime": ort.__version__, "rows": rows, "causes": causes, "repro": repro(cases_dir)})
+    )
 
 
 if __name__ == "__main__":
