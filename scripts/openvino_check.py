@@ -9,8 +9,8 @@ CPU form and the WebGPU form (export/webgpu.py), fp32 and int4, as scripts/webgp
 them. Reference: the Python runtime's greedy tokens on the CPU bundle. Prints a table (OpenVINO tokens
 equal to the reference, first-step logit difference from the same build's CPU EP, decoder nodes per
 provider) and, for each bundle and adapter OpenVINO gets wrong, the first node whose OpenVINO output
-departs from the CPU's and the first NaN/Inf one, then the two faults on two-node graphs. Exits 1 when a WebGPU-form bundle (the form that runs on
-OpenVINO, docs/openvino.md) gives tokens other than the CPU's.
+departs from the CPU's and the first NaN/Inf one, then the two faults on two-node graphs. Exits 1
+when a WebGPU-form bundle (the form that runs on OpenVINO, docs/openvino.md) gives tokens other than the CPU's.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def adapter_file(out: Path, name: str, path: Path, adapter: str | None) -> str |
 def table(rows: list[dict], expected: dict) -> tuple[str, int]:
     """Markdown table of the rows and the count of WebGPU-form mismatches."""
     lines = [
-        "| bundle | prompt | adapter | tokens | equal to CPU | logits finite | first-step max abs logit diff | nodes (OpenVINO/CPU) | on CPU |",
+        "| bundle | prompt | adapter | tokens | equal to CPU | logits finite | first-step max abs logit diff "
+        "| nodes (OpenVINO/CPU) | on CPU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     bad = 0
@@ -132,7 +133,8 @@ def main() -> None:
     result = json.loads(result_file.read_text())
     expected = {(c["bundle"], c["name"]): c["expected"] for c in spec["cases"]}
     text, bad = table(result["rows"], expected)
-    text = f"OpenVINOExecutionProvider (device CPU), onnxruntime-openvino {result['onnxruntime']}\n\n{text}\n\n{causes_text(result['causes'], result['repro'])}"
+    header = f"OpenVINOExecutionProvider (device CPU), onnxruntime-openvino {result['onnxruntime']}"
+    text = f"{header}\n\n{text}\n\n{causes_text(result['causes'], result['repro'])}"
     print(text)
     (args.out / "openvino.md").write_text(text + "\n")
     if bad:
