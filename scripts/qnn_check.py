@@ -10,9 +10,10 @@ Steps, each through the `phi4edge` command line:
 2. nodes: every graph of both bundles loaded for QNN, the static graphs with the CPU fallback
    disabled (a graph QNN does not take whole fails), the dynamic ones with it (to count what QNN
    leaves to the CPU); the time to compile each static graph against loading its context binary;
-3. eval: `phi4edge eval` of the dynamic bundle on the CPU and of the QNN bundle with
-   `--provider qnn --require-provider`, over the held-out sets (image, speech and text in parallel
-   processes; `--limit` takes the first N of each), and how many greedy answers are the same;
+3. eval: `phi4edge eval` of the dynamic bundle on the CPU, of the QNN bundle's graphs on the CPU
+   and of the QNN bundle with `--provider qnn --require-provider`, over the held-out sets (in parts
+   of 25 items, run by parallel processes; `--limit` takes the first N of each), and how many
+   greedy answers are the same;
 4. speed: `phi4edge bench --repeats 1 --new-tokens 8` of each, the simulator's next to the CPU's.
 
 Writes WORK/report.md (printed too) and WORK/report.json; eval results are kept in WORK/eval and
@@ -37,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "models" / "embedded"
 SETS = {"image": ("image.jsonl", "images"), "speech": ("speech.jsonl", "audio"), "text": ("text.jsonl", None)}
 KINDS = ("decoder", "prefill", "vision", "speech")
+# eval runs, name -> (bundle, arguments): the CPU bundle on the CPU; the QNN bundle's graphs on the
+# CPU (what the static form changes); the QNN bundle on the simulator (what the HTP changes)
+EVALS = {"cpu": ("cpu", []), "static": ("qnn", []), "qnn": ("qnn", ["--provider", "qnn", "--require-provider"])}
 
 
 def phi4edge(*args: str, out: Path | None = None) -> str:
@@ -106,11 +110,10 @@ def evaluate(work: Path, bundles: dict[str, Path], limit: int | None, jobs: int,
     folders = split_sets(work, limit, part)
     (work / "eval").mkdir(exist_ok=True)
     runs = []
-    for name, bundle in bundles.items():   # the CPU's first (minutes), then the simulator's, sets interleaved
-        extra = ["--provider", "qnn", "--require-provider"] if name == "qnn" else []
+    for name, (bundle, extra) in EVALS.items():   # the CPU's first (minutes), then the simulator's, sets interleaved
         parts = sorted((i, folder) for kind_parts in folders.values() for i, folder in enumerate(kind_parts))
-        runs += [(work / "eval" / f"{name}-{folder.name}.json", ["eval", str(bundle), "--set", str(folder), "--json", *extra])
-                 for _, folder in parts]
+        runs += [(work / "eval" / f"{name}-{folder.name}.json", ["eval", str(bundles[bundle]), "--set", str(folder), "--json",
+                                                                *extra]) for _, folder in parts]
 
     def run(item: tuple[Path, list[str]]) -> None:
         out, args = item
@@ -120,28 +123,27 @@ def evaluate(work: Path, bundles: dict[str, Path], limit: int | None, jobs: int,
             print(f"{out.name}: {time.perf_counter() - start:.0f} s", flush=True)
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, runs))
-    return {name: {kind: merge(kind, [json.loads((work / "eval" / f"{name}-{f.name}.json").read_text()) for f in parts],
-                               bundles[name])
-                   for kind, parts in folders.items()} for name in bundles}
+    return {name: {kind: merge(kind, parts, [json.loads((work / "eval" / f"{name}-{f.name}.json").read_text()) for f in parts],
+                               bundles[bundle])
+                   for kind, parts in folders.items()} for name, (bundle, _) in EVALS.items()}
 
 
-def merge(kind: str, reports: list[dict], bundle: Path) -> dict:
+def merge(kind: str, folders: list[Path], reports: list[dict], bundle: Path) -> dict:
     """One set's scores from its parts' reports, as `phi4edge eval` scores a whole set: image
     accuracy and speech WER/exact from the answers, text perplexity over all answer tokens."""
     import jiwer
 
     from phi4edge.runtime.evaluate import normalise
     from phi4edge.runtime.tokenizer import ChatTokenizer
-    items = [json.loads(line) for r in reports for line in (Path(r["set"]) / SETS[kind][0]).read_text().splitlines()]
+    items = [[json.loads(line) for line in (folder / SETS[kind][0]).read_text().splitlines()] for folder in folders]
     if kind == "text":   # each part's perplexity weighted by its tokens (the answer's and the end token)
         tokenizer = ChatTokenizer(bundle / "tokenizer.json", bundle / "tokenizer_config.json")
-        tokens = [sum(len(tokenizer.encode_text(json.loads(line)["answer"])) + 1
-                      for line in (Path(r["set"]) / "text.jsonl").read_text().splitlines()) for r in reports]
+        tokens = [sum(len(tokenizer.encode_text(i["answer"])) + 1 for i in part) for part in items]
         nll = sum(n * math.log(r["text_perplexity"]) for n, r in zip(tokens, reports))
-        return {"items": len(items), "text_perplexity": math.exp(nll / sum(tokens))}
+        return {"items": sum(map(len, items)), "text_perplexity": math.exp(nll / sum(tokens))}
     said = [a for r in reports for a in r["answers"]["routed"][kind]]
-    refs, hyps = [normalise(i["answer"]) for i in items], [normalise(a) for a in said]
-    scores = {"items": len(items), "answers": said}
+    refs, hyps = [normalise(i["answer"]) for part in items for i in part], [normalise(a) for a in said]
+    scores = {"items": len(refs), "answers": said}
     if kind == "image":
         return scores | {"image_accuracy": sum(r == h for r, h in zip(refs, hyps)) / len(refs)}
     return scores | {"speech_wer": float(jiwer.wer(refs, hyps)),
@@ -175,15 +177,15 @@ def report(results: dict) -> tuple[str, bool]:
         lines.append(f"| {kind} | {on} of {total} ({on / total:.0%}) | {s['compile_s']:.2f} | "
                      f"{s['context_load_s']:.2f} | {dyn} |")
     ev = results["eval"]
-    lines += ["", "| held-out set (adapters routed) | CPU bundle on CPU | QNN bundle on the HTP simulator | "
-              "same greedy answer |", "|---|---|---|---|"]
+    lines += ["", "| held-out set (adapters routed) | CPU bundle on CPU | QNN bundle's graphs on CPU | QNN bundle on "
+              "the HTP simulator | simulator's answer = CPU bundle's | = its graphs' on CPU |", "|---|---|---|---|---|---|"]
     for kind, key, fmt in (("image", "image_accuracy", "{:.1%}"), ("speech", "speech_wer", "{:.1%}"),
                            ("speech", "speech_exact", "{:.1%}"), ("text", "text_perplexity", "{:.3f}")):
-        cpu, sim = ev["cpu"][kind], ev["qnn"][kind]
-        same = f"{sum(x == y for x, y in zip(cpu['answers'], sim['answers']))} of {cpu['items']}" \
-            if key in ("image_accuracy", "speech_wer") else ""
+        cpu, static, sim = ev["cpu"][kind], ev["static"][kind], ev["qnn"][kind]
+        same = [f"{sum(x == y for x, y in zip(r['answers'], sim['answers']))} of {r['items']}"
+                if key in ("image_accuracy", "speech_wer") else "" for r in (cpu, static)]
         lines.append(f"| {kind} ({cpu['items']} items): {key.replace('_', ' ')} | {fmt.format(cpu[key])} | "
-                     f"{fmt.format(sim[key])} | {same} |")
+                     f"{fmt.format(static[key])} | {fmt.format(sim[key])} | {same[0]} | {same[1]} |")
     b = results["bench"]
     lines += ["", "| speed (phi4edge bench --repeats 1 --new-tokens 8) | CPU bundle on CPU | QNN bundle on the simulator |",
               "|---|---|---|"]
