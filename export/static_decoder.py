@@ -9,11 +9,12 @@ keeps the KV cache; the graph returns only the rows it adds (runtime/static.py).
 
 Measured on QNN's HTP simulator (onnxruntime-qnn 2.7.0, soc_model 60) with the embedded model, each
 choice against what it replaces:
-- GroupQueryAttention is not an HTP operator (refused unless forced, and then its fused partial
-  rotary gave wrong keys); the com.microsoft RotaryEmbedding is refused, ONNX's (opset 23) taken;
-  SkipSimplifiedLayerNormalization, NonZero and ScatterND (the dynamic graph's media merge) are
-  refused; GatherBlockQuantized is GPU-only; a node with any dynamic dimension ("Cannot get
-  shape") stays on the CPU. The dynamic decoder put 1 of its 112 nodes on QNN.
+- GroupQueryAttention is not an HTP operator (refused; the probe before this work forced it and
+  found its fused partial rotary wrong); ONNX's RotaryEmbedding (opset 23) is taken (the probe
+  found com.microsoft's refused); SkipSimplifiedLayerNormalization, NonZero and ScatterND (the
+  dynamic graph's media merge) are refused; GatherBlockQuantized is GPU-only; a node with any
+  dynamic dimension ("Cannot get shape") stays on the CPU. The dynamic decoder put 5 of its 120
+  nodes on QNN; these graphs put all of theirs (docs/qnn.md).
 - Grouped-query attention without a GQA operator: q [1, heads, S, d] reshaped to [1, kv, G*S, d]
   meets its KV head's keys in one MatMul (the bias repeated G times), so keys and values are never
   copied per query head.
