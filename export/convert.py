@@ -131,6 +131,20 @@ def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = 
                   list(extra.values()), base_model_id(cfg, weights), family.encoders(ckpt, cfg, tokenizer, model_dir))
 
 
+def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, block_size: int = 32,
+                 head: str = DEFAULT_HEAD, head_block_size: int = 0) -> QuantConfig | None:
+    """The weights' quantisation settings (None for fp32), with the checkpoint's calibration
+    statistics for a calibrated method."""
+    if precision not in ("int4", "fp32"):
+        raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
+    if precision == "fp32":
+        return None
+    quant = QuantConfig(method, block_size=block_size, head=head, head_block_size=head_block_size)
+    if quant.method in CALIBRATED:
+        quant = replace(quant, calibration=Calibration(src.cfg, src.weights, calibration_ids(src.tokenizer)))
+    return quant
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
@@ -145,20 +159,17 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     quant_method, head, head_block_size: int4 settings (quant.QuantConfig; docs/quantization.md).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if precision not in ("int4", "fp32"):
+    if precision not in ("int4", "fp32"):   # before reading the checkpoint
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
     if adapter_precision not in LORA_DTYPES:
         raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(LORA_DTYPES)}")
     if graph_format not in ("onnx", "ort"):
         raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
-    quant = QuantConfig(quant_method, block_size=block_size, head=head, head_block_size=head_block_size) \
-        if precision == "int4" else None
     src = read_source(model_dir, adapters)
+    quant = quant_config(src, precision, quant_method, block_size, head, head_block_size)
     cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
     lora_dtype = adapter_precision if (loras or lora) else None
     media = tuple((e.media_input, e.token_id) for e in encoders)
-    if quant is not None and quant.method in CALIBRATED:
-        quant = replace(quant, calibration=Calibration(cfg, weights, calibration_ids(src.tokenizer)))
 
     with staging(out_dir, force, src.inputs) as tmp:
         data = WeightFile(tmp / "decoder.onnx.data")

@@ -26,9 +26,9 @@ from ..bundle import file_table
 from ..errors import CheckpointError
 from ..format import STATIC_SHAPES, Decoder, Manifest, Quantization, SpeechNames, Static, Vision, VisionNames
 from ..progress import progress
-from ..quant import QuantConfig
+from ..quant import DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
 from .adapters import write_adapter
-from .convert import Source, export_encoder, read_source
+from .convert import Source, export_encoder, quant_config, read_source
 from .families import Encoder
 from .graph import Graph, WeightFile
 from .staging import staging
@@ -154,18 +154,20 @@ def export_static_encoder(encoder: Encoder, quant: QuantConfig | None, out: Path
 
 def export_static(model_dir: str | Path, out_dir: str | Path, precision: str = "int4", block_size: int = 32,
                   force: bool = False, show_progress: bool = True, adapters: dict[str, str | Path] | None = None,
-                  shapes: StaticShapes = StaticShapes(), qnn_soc: int | None = None) -> Path:
+                  shapes: StaticShapes = StaticShapes(), qnn_soc: int | None = None, quant_method: str = DEFAULT_METHOD,
+                  head: str = DEFAULT_HEAD, head_block_size: int = 0) -> Path:
     """Export a checkpoint to a static-shapes bundle; with `qnn_soc`, also compile QNN context
-    binaries for that SoC (export/qnn.py; needs onnxruntime-qnn). Returns the bundle path."""
+    binaries for that SoC (export/qnn.py; needs onnxruntime-qnn). Quantisation as export_model's.
+    Returns the bundle path."""
     out_dir = Path(out_dir)
-    if precision not in ("int4", "fp32"):
+    if precision not in ("int4", "fp32"):   # before reading the checkpoint
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
     if qnn_soc is not None:
         from .qnn import check_available
         check_available()   # before any work: compiling needs onnxruntime-qnn
-    quant = QuantConfig(block_size=block_size) if precision == "int4" else None
     src = read_source(model_dir, adapters)
     shapes.check(src.cfg.max_position)
+    quant = quant_config(src, precision, quant_method, block_size, head, head_block_size)
     rank = max((r for a in src.adapters for r in a.ranks), default=0)
     with staging(out_dir, force, src.inputs) as tmp:
         manifest = _write(src, tmp, quant, precision, shapes, rank, show_progress)
@@ -203,8 +205,8 @@ def _write(src: Source, tmp: Path, quant: QuantConfig | None, precision: str, sh
     return Manifest(
         created_by=f"phi4edge {version('phi4edge')}", model=src.model(),
         quantization=Quantization(precision=precision, **(quant.to_json() if quant else {}),  # type: ignore[arg-type]
-                                  tied_embeddings="int4 LM head; fp16 embedding table (QNN has no int4 gather)"
-                                  if quant and cfg.tie_word_embeddings else None),
+                                  tied_embeddings=f"int{quant.table.bits} LM head (block {quant.table.block_size}); fp16 "
+                                  "embedding table (QNN has no quantised gather)" if quant and cfg.tie_word_embeddings else None),
         decoder=Decoder(graph="decoder.onnx", lora="fp32" if rank else None,
                         media={e.media_input: e.token_id for e in src.encoders}),
         adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]

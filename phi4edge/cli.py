@@ -131,6 +131,7 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant:
         from .export.static import StaticShapes, export_static
         from .providers import DEFAULT_SOC
         path = export_static(model_dir, out_dir, precision=precision, block_size=block_size, force=force, adapters=named,
+                             quant_method=quant, head=head, head_block_size=head_block_size,
                              shapes=StaticShapes(**{k: v for k, v in static.items() if v is not None}),
                              qnn_soc=(soc_model or DEFAULT_SOC) if target == "qnn" else None)
     click.echo(f"wrote {path}")

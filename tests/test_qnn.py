@@ -98,3 +98,14 @@ def test_a_context_binary_qnn_cannot_load_falls_back_to_compiling(bundles, tmp_p
     with pytest.warns(ProviderFallbackWarning, match="did not load its context binary decoder_ctx.onnx .*compiling the graph"):
         session = load_graph(open_bundle(copy), "decoder", providers=STRICT)
     assert list(node_counts(session)) == [QNN] and node_counts(session)[QNN] > 1
+
+
+def test_other_quantisations_compile_whole(tmp_path):
+    """hqq's zero points and an int8 LM head (export's --quant/--head) are QNN's too: the export,
+    which compiles with the CPU fallback disabled, succeeds."""
+    result = CliRunner().invoke(main, ["export", str(EMBEDDED / "checkpoint"), "-o", str(tmp_path / "b"), "--target", "qnn",
+                                       "--context", "64", "--quant", "hqq", "--head", "int8"])
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.read(tmp_path / "b")
+    assert manifest.quantization.method == "hqq" and "int8 LM head" in (manifest.quantization.tied_embeddings or "")
+    assert manifest.qnn is not None and min(manifest.qnn.nodes.values()) > 50
