@@ -2,6 +2,7 @@
 (A, B, A, B, ...) so that machine noise hits both alike: for "before/after this change" figures.
 
     python bench/paired_decode.py BUNDLE --a /path/to/old/checkout --b . --rounds 7
+    python bench/paired_decode.py OLD_BUNDLE --a OLD_TREE --b . --bundle-b NEW_BUNDLE   # export changes too
 
 Each tree is imported as the `phi4edge` package from its own folders (export/, runtime/, models/,
 quant/), whatever is installed. Prints per-round tok/s, the medians and the ratio B/A.
@@ -63,16 +64,18 @@ def main() -> None:
     ap.add_argument("bundle")
     ap.add_argument("--a", type=Path, required=True, help="source tree A (before)")
     ap.add_argument("--b", type=Path, required=True, help="source tree B (after)")
+    ap.add_argument("--bundle-b", help="B's bundle, where B's export differs too (default: the same bundle)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         roots = {name: package_root(tree, Path(tmp) / name) for name, tree in (("A", args.a), ("B", args.b))}
+        bundles = {"A": args.bundle, "B": args.bundle_b or args.bundle}
         results: dict[str, list[float]] = {"A": [], "B": []}
         for r in range(args.rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                results[name].append(measure(roots[name], args.bundle, args.threads, args.tokens))
+                results[name].append(measure(roots[name], bundles[name], args.threads, args.tokens))
             print(f"round {r + 1}: A {results['A'][-1]:.2f} tok/s, B {results['B'][-1]:.2f} tok/s", flush=True)
     a, b = statistics.median(results["A"]), statistics.median(results["B"])
     paired = statistics.median(y / x for x, y in zip(results["A"], results["B"]))   # each round ran both

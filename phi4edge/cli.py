@@ -45,7 +45,7 @@ REQUIRE_PROVIDER = click.option(
     "--require-provider", is_flag=True,
     help="Refuse to run a graph the requested --provider does not take whole, instead of letting the CPU run the rest.")
 PROVIDER = click.option("--provider", "providers", multiple=True,
-                        help="Execution provider (cpu, cuda, dml, coreml, qnn, nnapi, ...; repeatable, in order of preference).")
+                        help="Execution provider (cpu, qnn, webgpu, openvino, cuda, ...; repeatable, in order of preference).")
 
 
 def _providers(names: tuple[str, ...], require: bool) -> list[str]:

@@ -25,9 +25,13 @@ from .errors import BundleError
 
 CPU = "CPUExecutionProvider"
 QNN = "QNNExecutionProvider"
+WEBGPU = "WebGpuExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
 PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider",
              "coreml": "CoreMLExecutionProvider", "qnn": QNN, "nnapi": "NnapiExecutionProvider",
-             "xnnpack": "XnnpackExecutionProvider", "webgpu": "WebGpuExecutionProvider"}
+             "xnnpack": "XnnpackExecutionProvider", "webgpu": WEBGPU, "openvino": OPENVINO}
+# plugin libraries: provider -> (Python module with get_library_path(), phi4edge extra that installs it)
+PLUGINS = {QNN: ("onnxruntime_qnn", "qnn"), WEBGPU: ("onnxruntime_ep_webgpu", "webgpu")}
 SHORT = {v: k for k, v in PROVIDERS.items()}
 # QNN's soc_model id compiled for by default: 69, the Snapdragon 8 Elite (SM8750, HTP v79); others: 57 = 8 Gen 3
 # (SM8650, v75), 43 = 8 Gen 2 (SM8550, v73), 60 = X Elite (SC8380XP, v73). The simulator took each.
@@ -54,17 +58,17 @@ def qnn_version() -> str | None:
 
 
 def plugins() -> set[str]:
-    """Providers that come as plugin libraries rather than inside the onnxruntime build."""
-    return {QNN} if qnn_installed() else set()
+    """Installed providers that come as plugin libraries rather than inside the onnxruntime build."""
+    return {p for p, (module, _) in PLUGINS.items() if importlib.util.find_spec(module) is not None}
 
 
-def plugin_devices(provider: str, module: str, extra: str) -> list:
-    """The devices of an execution provider that comes as a plugin library (the Python package
-    `module`, with get_library_path(); installed by the `extra` of phi4edge), registering it on first
-    use; empty when the plugin finds no device."""
+def plugin_devices(provider: str) -> list:
+    """The devices of an execution provider that comes as a plugin library (PLUGINS), registering
+    it on first use; empty when the plugin finds no device."""
     found = [d for d in ort.get_ep_devices() if d.ep_name == provider]
     if found:
         return found
+    module, extra = PLUGINS[provider]
     if importlib.util.find_spec(module) is None:
         raise BundleError(f"execution provider '{short(provider)}' needs {module.replace('_', '-')} "
                           f"(pip install 'phi4edge[{extra}]')")
@@ -74,7 +78,7 @@ def plugin_devices(provider: str, module: str, extra: str) -> list:
 
 def qnn_devices() -> list:
     """The QNN devices of the onnxruntime-qnn plugin."""
-    found = plugin_devices(QNN, "onnxruntime_qnn", "qnn")
+    found = plugin_devices(QNN)
     if not found:
         raise BundleError("onnxruntime-qnn is installed but offers no QNN device to this onnxruntime")
     return found

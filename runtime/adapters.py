@@ -8,6 +8,7 @@ tensors are first used); switching afterwards only rebinds a few hundred tensors
 from __future__ import annotations
 
 import struct
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +22,31 @@ from .adapter_file import read_mapped
 class AdapterSet:
     def __init__(self, bundle, session: ort.InferenceSession):
         self.bundle = bundle
-        # inputs with initializer defaults are listed as overridable initializers, not inputs
-        self.inputs = {i.name: i for i in session.get_overridable_initializers() if i.name.startswith("lora.")}
+        # inputs with initializer defaults are listed as overridable initializers, not inputs; the
+        # WebGPU form's have no defaults (plain inputs)
+        plain = [i for i in session.get_inputs() if i.name.startswith("lora.")]
+        self.inputs = {i.name: i for i in [*session.get_overridable_initializers(), *plain] if i.name.startswith("lora.")}
         self.files = {name: bundle.file(e.file) for name, e in bundle.manifest.adapters.items()}
         self.base_id = bundle.manifest.model.base_id
-        int8 = any(i.type == "tensor(int8)" for i in self.inputs.values())
-        self.empty = {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i, int8)) for name, i in self.inputs.items()}
+        self.rank1 = bool(plain) or any(i.type == "tensor(int8)" for i in self.inputs.values())
         self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}   # name -> (mapping, values)
         self.active: str | None = None
+        self.unbound = bool(plain)   # inputs without defaults: nothing is bound until activate()
+
+    @cached_property
+    def empty(self) -> dict[str, ort.OrtValue]:
+        """The LoRA inputs' values for the base model (made on first use)."""
+        return {name: ort.OrtValue.ortvalue_from_numpy(self._empty(i, self.rank1)) for name, i in self.inputs.items()}
 
     @staticmethod
     def _dtype(inp) -> type:
         return {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(inp.type, np.float32)
 
-    def _empty(self, inp, int8: bool) -> np.ndarray:
-        """The no-adapter value of a LoRA input: rank 0, or in an int8 bundle rank 1 of zeros with
-        unit scales (int8 LoRA at rank 0 gives NaN; see export/decoder.py)."""
-        shape = [(1 if int8 else 0) if isinstance(d, str) else d for d in inp.shape]
+    def _empty(self, inp, rank1: bool) -> np.ndarray:
+        """The no-adapter value of a LoRA input: rank 0, or rank 1 of zeros with unit scales in an
+        int8 bundle (int8 LoRA at rank 0 gives NaN; see export/decoder.py) and in the WebGPU form (a
+        rank-0 MatMul crashed the WebGPU EP)."""
+        shape = [(1 if rank1 else 0) if isinstance(d, str) else d for d in inp.shape]
         return np.ones(shape, np.float32) if inp.name.endswith(".scale") else np.zeros(shape, self._dtype(inp))
 
     @property
@@ -99,12 +108,12 @@ class AdapterSet:
                               f"(re-export the adapter with the bundle's --adapter-precision)")
 
     def activate(self, binding: ort.IOBinding, name: str | None) -> None:
-        """Bind `name`'s tensors (or the empty rank-0 defaults for None) to the LoRA inputs."""
-        if name == self.active:
+        """Bind `name`'s tensors (or the empty values for None) to the LoRA inputs."""
+        if name == self.active and not self.unbound:
             return
         if name is not None and not self.inputs:
             raise BundleError(f"{self.bundle.path}: exported without LoRA support, so adapter '{name}' cannot run")
         values = self.load(name) if name is not None else {}
         for pname in self.inputs:
             binding.bind_ortvalue_input(pname, values.get(pname, self.empty[pname]))
-        self.active = name
+        self.active, self.unbound = name, False

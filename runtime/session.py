@@ -18,12 +18,14 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BundleError
-from ..format import DecoderNames
+from ..format import WEBGPU_DECODER, DecoderNames
 from ..providers import (
     CPU,
+    OPENVINO,
     PROVIDERS,
     QNN,
     SIMULATED,
+    WEBGPU,
     add_qnn,
     fallback_ops,
     node_counts,
@@ -32,6 +34,7 @@ from ..providers import (
     short,
     stdout_to_stderr,
 )
+from . import webgpu
 from .adapters import AdapterSet
 from .static_encoders import StaticEncoderSession
 
@@ -66,6 +69,26 @@ def resolve_providers(names: list[str] | None) -> list[str]:
         raise BundleError(f"execution provider '{short(next(iter(set(chosen) & plugins())))}' is a plugin and runs "
                           "with the CPU alone here, not with other providers")
     return chosen + ([] if CPU in chosen else [CPU])
+
+
+# Providers that compute the default (CPU-form) decoder wrongly, found on this machine (docs/webgpu.md,
+# docs/openvino.md); the WebGPU form (`export --target webgpu`) gave both the CPU's tokens.
+UNFIT = {OPENVINO: "OpenVINO reads its rank-0 LoRA defaults as uninitialised memory (NaN logits) and ignores "
+                   "adapters fed to them",
+         WEBGPU: "its rank-0 LoRA defaults crash the WebGPU EP (a MatMul of inner dimension 0) and GroupQueryAttention's "
+                 "prefill is wrong on GPUs with 4-lane subgroups"}
+
+
+def refuse_unfit(bundle: Bundle, names: list[str] | None) -> None:
+    """Refuse a provider known to compute this bundle's decoder wrongly (UNFIT), naming the fix."""
+    m = bundle.manifest
+    if m.static is not None or WEBGPU_DECODER in m.requires:
+        return
+    for name in names or []:
+        full = PROVIDERS.get(name.lower(), name)
+        if full in UNFIT:
+            raise BundleError(f"execution provider '{short(full)}' cannot run this bundle's decoder: {UNFIT[full]}; "
+                              f"export with --target webgpu, whose decoder {short(full)} runs with the CPU's tokens")
 
 
 def session_options(threads: int | None = None, graph_format: str = "onnx") -> ort.SessionOptions:
@@ -125,6 +148,8 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
         # ORT format reads forwards only: 1.29 refused 1.32's decoder (GroupQueryAttention's newer attributes)
         raise BundleError(f"{bundle.path}: its graphs are ORT format written by onnxruntime {m.ort.onnxruntime}, and this "
                           f"onnxruntime is {ort.__version__}: upgrade onnxruntime, or use the bundle's ONNX form")
+    if kind == "decoder":
+        refuse_unfit(bundle, providers)
     names = resolve_providers(providers)
     accelerators = [p for p in names if p != CPU]
     strict = bool(accelerators) and getattr(providers, "strict", False)
@@ -160,6 +185,8 @@ def _session(cls: type[ort.InferenceSession], bundle: Bundle, name: str, threads
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         so.log_severity_level = 4   # the refusal is ours to word; QNN would log every node it does not take
     path = str(bundle.file(name))
+    if WEBGPU in names:
+        return webgpu.session(path, so, cls)
     if QNN in names:
         add_qnn(so, m.qnn.soc_model if m.qnn else None)
         with stdout_to_stderr() if SIMULATED else nullcontext():

@@ -13,16 +13,19 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BundleError
-from ..format import MASK_VALUE, DecoderNames, StaticDecoderNames
+from ..format import MASK_VALUE, WEBGPU_DECODER, DecoderNames, StaticDecoderNames
 from .adapters import AdapterSet
+from .plain_decoder import PlainDecoder
 from .session import DecoderSession, load_graph
 
 NAMES = StaticDecoderNames
 
 
 def open_decoder(bundle: Bundle, threads: int | None = None, providers: list[str] | None = None) -> DecoderSession:
-    """The bundle's decoder: a StaticDecoder for static-shapes bundles, else a DecoderSession."""
-    cls = StaticDecoder if bundle.manifest.static is not None else DecoderSession
+    """The bundle's decoder: a StaticDecoder for static-shapes bundles, a PlainDecoder for the
+    WebGPU form, else a DecoderSession."""
+    m = bundle.manifest
+    cls = StaticDecoder if m.static is not None else PlainDecoder if WEBGPU_DECODER in m.requires else DecoderSession
     return cls(bundle, threads, providers)
 
 

@@ -11,50 +11,34 @@ build, so it is refused. `driver()` says which Vulkan driver the process actuall
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import onnxruntime as ort
 
 from ..errors import BundleError
+from ..providers import WEBGPU, plugin_devices
 
-WEBGPU = "WebGpuExecutionProvider"
 SOFTWARE_ADAPTER = "ORT_WEBGPU_EP_ALLOW_SOFTWARE_ADAPTER"
 SWIFTSHADER_ICD = "/usr/lib/chromium/vk_swiftshader_icd.json"   # Debian's chromium package
-
-
-def installed() -> bool:
-    """Whether the onnxruntime-ep-webgpu plugin (module `onnxruntime_ep_webgpu`) is importable."""
-    return importlib.util.find_spec("onnxruntime_ep_webgpu") is not None
 
 
 def devices() -> list:
     """The WebGPU EP's devices, registering the plugin on first use; a BundleError names what is
     missing when there are none."""
-    found = [d for d in ort.get_ep_devices() if d.ep_name == WEBGPU]
-    if found:
-        return found
-    if not installed():
-        raise BundleError("execution provider 'webgpu' needs onnxruntime-ep-webgpu (pip install 'phi4edge[webgpu]')")
-    import onnxruntime_ep_webgpu
-    ort.register_execution_provider_library(WEBGPU, onnxruntime_ep_webgpu.get_library_path())
-    found = [d for d in ort.get_ep_devices() if d.ep_name == WEBGPU]
+    found = plugin_devices(WEBGPU)
     if not found:
         raise BundleError(f"WebGPU: onnxruntime lists no GPU for the WebGPU EP; to run on a software Vulkan "
                           f"adapter set {SOFTWARE_ADAPTER}=1 and VK_ICD_FILENAMES (e.g. {SWIFTSHADER_ICD})")
     return found
 
 
-def add_to(so: ort.SessionOptions) -> None:
-    """Select the WebGPU EP for sessions made with `so` (the CPU runs the nodes it does not take)."""
+def session(path: str | Path, so: ort.SessionOptions,
+            cls: type[ort.InferenceSession] = ort.InferenceSession) -> ort.InferenceSession:
+    """A WebGPU session for the graph at `path` (the CPU runs the nodes it does not take); no
+    adapter is a one-line BundleError, not a CPU run."""
     so.add_provider_for_devices(devices(), {})
-
-
-def session(path: str | Path, so: ort.SessionOptions) -> ort.InferenceSession:
-    """A WebGPU session for the graph at `path`; no adapter is a one-line BundleError, not a CPU run."""
-    add_to(so)
     try:
-        return ort.InferenceSession(str(path), so)
+        return cls(str(path), so)
     except Exception as e:   # onnxruntime raises its own EPFail type, which the Python API does not export
         if "adapter" in str(e):
             raise BundleError(f"WebGPU: no adapter ({str(e).strip().splitlines()[-1][-160:]}); install a GPU driver, "

@@ -29,6 +29,7 @@ import onnxruntime as ort
 from phi4edge import load
 from phi4edge.bundle import open_bundle
 from phi4edge.format import DecoderNames
+from phi4edge.providers import CPU, WEBGPU
 from phi4edge.runtime import webgpu
 from phi4edge.runtime.adapter_file import read_mapped
 from phi4edge.runtime.speech import key_bias
@@ -83,6 +84,7 @@ def prepare(out: Path, items: int) -> list[dict]:
                     (cases_dir / file).write_bytes(array.tobytes())
                     encoder["inputs"][name] = {"file": file, "dtype": str(array.dtype), "dims": list(array.shape)}
             cases.append({"name": f"{req['kind']}-{n}", "kind": req["kind"], "precision": precision,
+                          "prompt": req["prompt"], "media": {k: [str(f) for f in v] for k, v in media.items()},
                           "ids": result.prompt_token_ids, "adapter": result.adapter, "expected": result.token_ids,
                           "max_new_tokens": MAX_NEW, "encoder": encoder})
     return cases
@@ -111,7 +113,7 @@ class Runner:
         """The decoder's nodes by provider."""
         counts: Counter[str] = Counter()
         for sub in self.decoder.get_provider_graph_assignment_info():
-            counts[webgpu.WEBGPU if sub.ep_name == webgpu.WEBGPU else "CPU"] += len(sub.get_nodes())
+            counts[WEBGPU if sub.ep_name == WEBGPU else "CPU"] += len(sub.get_nodes())
         return dict(counts)
 
     def lora(self, adapter: str | None) -> dict[str, np.ndarray]:
@@ -162,7 +164,7 @@ def table(rows: list[dict]) -> tuple[str, int]:
         equal = r["tokens"] == r["expected"]
         bad += (not equal) and r["bundle"].startswith("webgpu-form")
         diff = "" if r.get("diff") is None else f"{r['diff']:.2g}"
-        nodes = f"{r['nodes'].get(webgpu.WEBGPU, 0)}/{r['nodes'].get('CPU', 0)}" if r.get("nodes") else ""
+        nodes = f"{r['nodes'].get(WEBGPU, 0)}/{r['nodes'].get('CPU', 0)}" if r.get("nodes") else ""
         shown = r["error"] if r.get("error") else len(r["tokens"])
         lines.append(f"| {r['bundle']} | {r['case']} | {r['adapter'] or 'none'} | {shown} | "
                      f"{'yes' if equal else '**no**'} | {diff} | {nodes} |")
@@ -178,6 +180,13 @@ def native(out: Path, cases: list[dict], bundles: dict[str, Path]) -> list[dict]
             _, ref = cpu.greedy(case, out / "cases")
             rows.append({"bundle": name, "case": case["name"], "adapter": case["adapter"], "tokens": tokens,
                          "expected": case["expected"], "diff": float(np.abs(logits - ref).max()), "nodes": gpu.nodes()})
+        if name.startswith("webgpu-form"):   # phi4edge's own runtime (PlainDecoder) on WebGPU, from the request
+            model = load(path, providers=[WEBGPU])
+            nodes = {"CPU" if p == CPU else p: n for p, n in model.node_counts()["decoder"].items()}
+            for case in (c for c in cases if name.endswith(c["precision"])):
+                result = model.generate(case["prompt"], max_new_tokens=MAX_NEW, **case["media"])
+                rows.append({"bundle": f"{name} (phi4edge runtime)", "case": case["name"], "adapter": result.adapter,
+                             "tokens": result.token_ids, "expected": case["expected"], "nodes": nodes})
     print(f"native WebGPU EP (onnxruntime {ort.__version__}, onnxruntime-ep-webgpu), Vulkan driver: {webgpu.driver()}")
     return rows
 
@@ -194,7 +203,7 @@ def browser(out: Path, cases: list[dict], bundles: dict[str, Path]) -> list[dict
     expected = {(c["bundle"], c["name"]): c for c in spec["cases"]}
     return [{"bundle": r["bundle"], "case": r["name"], "adapter": expected[(r["bundle"], r["name"])]["adapter"],
              "tokens": r.get("tokens") or [], "error": r.get("error"), "expected": expected[(r["bundle"], r["name"])]["expected"],
-             "nodes": {webgpu.WEBGPU: nodes.get(r["bundle"], {}).get(webgpu.WEBGPU, 0),
+             "nodes": {WEBGPU: nodes.get(r["bundle"], {}).get(WEBGPU, 0),
                        "CPU": nodes.get(r["bundle"], {}).get("CPUExecutionProvider", 0)}} for r in result["cases"]]
 
 

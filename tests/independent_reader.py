@@ -33,7 +33,7 @@ class Reader:
             raise Refused("format: not a bundle")
         if m.get("format_version") != 1:
             raise Refused(f"format_version {m.get('format_version')}: need a newer reader")
-        if set(m.get("requires", [])) - {"media-inputs", "ort-graphs"}:
+        if set(m.get("requires", [])) - {"media-inputs", "ort-graphs", "webgpu-decoder"}:
             raise Refused(f"requires {m['requires']}: not implemented")
         for path in ("model.config.num_layers", "model.config.num_kv_heads", "model.config.head_dim",
                      "model.config.max_position", "decoder.graph", "generation.eos_token_ids", "files"):
@@ -89,6 +89,10 @@ class Reader:
             entry = self.m["adapters"][adapter]
             params = ort.AdapterFormat.read_adapter(str(inside(self.root, entry["file"])))
             feeds |= {k: v.numpy() for k, v in params.get_parameters().items()}
+        for i in self.session.get_inputs():   # LoRA inputs without defaults (webgpu-decoder): rank-1 zeros
+            if i.name.startswith("lora.") and i.name not in feeds:
+                dtype = np.float16 if i.type == "tensor(float16)" else np.float32
+                feeds[i.name] = np.zeros([1 if isinstance(d, str) else d for d in i.shape], dtype)
         empty = np.zeros((1, cfg["num_kv_heads"], 0, cfg["head_dim"]), np.float32)
         past = {f"past_key_values.{i}.{k}": empty for i in range(cfg["num_layers"]) for k in ("key", "value")}
         switch = cfg.get("original_max_position") if cfg["rope_kind"] == "longrope" else None

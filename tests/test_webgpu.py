@@ -11,11 +11,17 @@ import numpy as np
 import onnx
 import pytest
 
-from phi4edge.errors import CheckpointError
+from phi4edge import load
+from phi4edge.errors import BundleError, CheckpointError
 from phi4edge.export import export_model
 from phi4edge.format import WEBGPU_DECODER
 from phi4edge.models import EMBEDDED
+from phi4edge.runtime.plain_decoder import PlainDecoder
 from scripts.webgpu_check import Runner, export_bundles, prepare
+
+from .conftest import PYTHON
+from .independent_reader import Reader
+from .serving import AUDIO, IMAGE, SPEC, TEXT_ANSWER, TEXT_PROMPT
 
 # first-step logits of the two forms on the CPU, measured: fp32 within 3e-6; int4 within 0.009
 # (MatMulNBits quantises its activations to int8 per block, so 1e-6 input differences can move a
@@ -43,6 +49,60 @@ def test_webgpu_form_gives_cpu_tokens_and_logits(work, precision):
         assert ref_tokens == case["expected"], case["name"]   # the plain loop is the Python runtime's
         assert tokens == case["expected"], case["name"]
         assert np.abs(logits - ref_logits).max() < BOUND[precision], case["name"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_runtime_runs_the_webgpu_form(work, precision):
+    """phi4edge's own runtime (PlainDecoder: present fed back as past, LoRA fed every call) gives
+    the CPU form's answers on text, image and audio, and the prompt cache's rewind to a shorter
+    shared prefix gives a fresh prefill's answer."""
+    _, bundles, _ = work
+    cpu, plain = load(bundles[f"cpu-form-{precision}"]), load(bundles[f"webgpu-form-{precision}"])
+    assert isinstance(plain.decoder, PlainDecoder) and not isinstance(cpu.decoder, PlainDecoder)
+    asks = [{"prompt": TEXT_PROMPT},
+            {"prompt": SPEC["image"]["prompt"], "images": [IMAGE]},
+            {"prompt": SPEC["audio"]["prompt"], "audios": [AUDIO]}]
+    for ask in asks:
+        ours, theirs = plain.generate(max_new_tokens=24, **ask), cpu.generate(max_new_tokens=24, **ask)
+        assert ours.token_ids == theirs.token_ids and ours.adapter == theirs.adapter, ask
+    assert plain.generate(TEXT_PROMPT, 24).text == TEXT_ANSWER
+
+    def turn(prompt: str, reuse: bool) -> tuple[list[int], int]:
+        info: dict = {}
+        steps = list(plain.stream(None, 12, messages=[{"role": "user", "content": prompt}], reuse_prefix=reuse,
+                                  request=info, logprobs=False))
+        return [s.token_id for s in steps], info["timings"]["cached_tokens"]
+
+    turn("Count from three to nine.", reuse=True)
+    rewound, cached = turn(TEXT_PROMPT, reuse=True)   # shares "Count from three to" and is cut back to it
+    assert 0 < cached < len(plain.encode(TEXT_PROMPT))
+    assert rewound == turn(TEXT_PROMPT, reuse=False)[0] == cpu.generate(TEXT_PROMPT, 12).token_ids
+
+
+def test_independent_reader_runs_the_webgpu_form(work):
+    """docs/bundle-format.md's rules for `webgpu-decoder` are enough for a reader written from it."""
+    _, bundles, _ = work
+    path = bundles["webgpu-form-fp32"]
+    ours, theirs = load(path), Reader(path)
+    ids = ours.encode(TEXT_PROMPT)
+    for adapter in (None, "vision", "speech"):
+        assert theirs.generate(ids, 12, adapter) == ours.generate(ids, max_new_tokens=12, adapter=adapter).token_ids
+
+
+@pytest.mark.parametrize("provider", ["openvino", "webgpu"])
+def test_providers_that_miscompute_the_cpu_form_are_refused(work, provider):
+    """OpenVINO (NaN logits) and the WebGPU EP (a crash, wrong prefill attention) compute the CPU
+    form wrongly: the runtime refuses them for it in one line naming the fix, whether or not the
+    provider is installed, and exits non-zero from the CLI."""
+    _, bundles, _ = work
+    with pytest.raises(BundleError, match=f"execution provider '{provider}' cannot run this bundle's decoder: .*"
+                                          "export with --target webgpu"):
+        load(bundles["cpu-form-int4"], providers=[provider])
+    out = subprocess.run([*PYTHON, "-m", "phi4edge.cli", "run", str(bundles["cpu-form-int4"]), "--prompt", "hi",
+                          "--provider", provider], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and out.stdout == ""
+    assert f"execution provider '{provider}' cannot run this bundle's decoder" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_webgpu_form_graph(work):
