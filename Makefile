@@ -25,12 +25,15 @@ test: install lint
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory android-test
 
-# ruff (lint + import order) and mypy. mypy reads the installed package's shape from a link tree
-# (the top-level folders are subpackages of phi4edge only through pyproject's package-dir mapping).
+# ruff (lint + import order), mypy, and node's syntax check of the browser runtime. mypy reads the
+# installed package's shape from a link tree (the top-level folders are subpackages of phi4edge only
+# through pyproject's package-dir mapping).
 TYPECHECK := build/typecheck
 SOURCES   := phi4edge export runtime quant models tests bench scripts
 lint: install
 	$(VENV)/bin/ruff check $(SOURCES)
+	# the browser runtime's JavaScript parses (it runs only in `make browser-check`)
+	for f in runtime/web/*.js runtime/web/test/*.js runtime/web/test/*.mjs; do node --check $$f || exit 1; done
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/phi4edge
 	ln -s $(CURDIR)/phi4edge/*.py $(TYPECHECK)/phi4edge/
 	for d in export runtime quant models; do ln -s $(CURDIR)/$$d $(TYPECHECK)/phi4edge/$$d; done

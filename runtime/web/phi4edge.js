@@ -101,7 +101,7 @@ export class Decoder {
     if (!entry) throw new BundleError(`adapter '${name}' is not in this bundle`);
     if (!this.lora.length) {
       throw new BundleError(`${this.bundle.base}: the decoder's LoRA inputs have initializer defaults, which ` +
-        'onnxruntime-web cannot feed; export the bundle'"'"'s WebGPU form (export_model(webgpu=True))');
+        "onnxruntime-web cannot feed; export the bundle's WebGPU form (phi4edge export --target webgpu)");
     }
     const { modelVersion, params } = readAdapter(await this.bundle.file(entry.file));
     const base = parseInt(this.bundle.manifest.model.base_id.slice(0, 7), 16);
