@@ -20,7 +20,7 @@ import onnx
 
 import phi4edge.runtime.session as session_module
 from phi4edge.bundle import Bundle, open_bundle
-from phi4edge.runtime.benchmark import read_bandwidth_gbs
+from phi4edge.runtime.benchmark import read_bandwidth
 from phi4edge.runtime.session import DecoderSession
 
 LORA_OPS = {"MatMul", "DynamicQuantizeMatMul", "Cast", "Add"}   # our LoRA branch (and its Add)
@@ -96,7 +96,7 @@ def main() -> None:
     a = ap.parse_args()
     bundle = open_bundle(a.bundle)
     nbytes = weight_bytes(bundle)
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = read_bandwidth().gbs
     result = {"read_bandwidth_gbs": bandwidth, "weight_bytes": nbytes, "variants": {}}
     print(f"read bandwidth {bandwidth:.1f} GB/s; per decode step, means over {a.tokens} steps")
     for adapter in [None] + a.adapter:

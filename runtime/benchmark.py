@@ -3,14 +3,19 @@ medians. Kept here (not in bench/) because the CLI ships them; they need nothing
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from ..providers import QNN, SIMULATED
 from .generate import Model
+from .memory import rss
 
 
 def decode_tokens_per_s(model: Model, new_tokens: int = 64, prompt_len: int = 16, adapter: str | None = None) -> float:
@@ -48,21 +53,63 @@ def switch_latency_ms(model: Model, a: str | None, b: str | None, switches: int 
     return statistics.median(times) * 1e3
 
 
-def read_bandwidth_gbs(megabytes: int = 512, threads: int | None = None, repeats: int = 5) -> float:
-    """Best streaming read bandwidth (GB/s): numpy sums of a large array split across threads
-    (numpy releases the GIL while summing), the ceiling a memory-bound decode step can reach."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-    threads = threads or os.cpu_count() or 1
-    data = np.ones(megabytes * (1 << 20) // 4, np.float32)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
-    return best
+@dataclass(frozen=True)
+class Bandwidth:
+    """What the read-bandwidth probe measured: the median and best of its passes over one buffer."""
+    gbs: float                 # median GB/s
+    best_gbs: float
+    buffer_bytes: int
+    threads: int
+    llc_bytes: int | None      # the last-level cache the buffer must dwarf (None: unknown here)
+    method: str
+
+
+def last_level_cache_bytes() -> int | None:
+    """The largest cache of CPU 0 (Linux sysfs), or None where sysfs does not say."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=None)
+
+
+def read_bandwidth(threads: int | None = None, repeats: int = 7) -> Bandwidth:
+    """The memory read ceiling a decode step can reach: onnxruntime's ReduceSum over a float32
+    buffer of at least 8x the last-level cache (512 MiB at least), rows split across all the
+    cores this process may use. A numpy sum was the probe before: single-threaded per chunk and
+    compute-bound, it gave 7.5 GB/s on one thread and 15.1 on two on a Xeon (issue 21), so decode
+    came out at 108% of "roofline". ReduceSum streams a cache-resident 16 MiB at about twice the
+    rate it reads this buffer (bench/RESULTS.md), so here the memory, not the kernel, is the limit."""
+    from onnx import TensorProto, helper
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    llc = last_level_cache_bytes()
+    rows = 4096   # parallel over rows; each row 128 KiB or more, read start to end
+    size = max(512 << 20, 8 * (llc or 0))
+    cols = -(-size // (4 * rows))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, cols])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    data = np.ones((rows, cols), np.float32)
+    session.run(None, {"x": data})   # warm-up: pages faulted in, threads started
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"x": data})
+        rates.append(data.nbytes / (time.perf_counter() - start) / 1e9)
+    return Bandwidth(statistics.median(rates), max(rates), data.nbytes, threads, llc,
+                     f"onnxruntime ReduceSum, float32 [{rows}, {cols}], {threads} threads, median of {repeats}")
 
 
 def decode_bytes_per_token(bundle) -> int:
@@ -103,8 +150,10 @@ def prefill_tokens_per_s(model: Model, length: int) -> float:
 
 
 def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, repeats: int = 3) -> dict:
-    """Medians over `repeats` runs after one warm-up: what `phi4edge bench` prints."""
+    """Medians over `repeats` runs after one warm-up: what `phi4edge bench` prints. Called right
+    after loading `model`, its resident memory is what the load left (`memory_after_load`)."""
     import resource
+    loaded = rss()
     lengths = [n for n in prompt_lengths if n + new_tokens < model.context_length]
     runs: dict[str, Callable[[], float]] = {f"prefill_{n}": functools.partial(prefill_tokens_per_s, model, n)
                                             for n in lengths}
@@ -115,16 +164,21 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
     samples = interleaved(runs, repeats)
     med = {k: statistics.median(v) for k, v in samples.items()}
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # before the bandwidth probe
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = read_bandwidth()
     per_token = decode_bytes_per_token(model.bundle)
-    roofline = bandwidth * 1e9 / per_token
+    roofline = bandwidth.gbs * 1e9 / per_token
     result = {
         "prefill_tokens_per_s": {n: med[f"prefill_{n}"] for n in lengths},
         "decode_tokens_per_s": med["decode"], "time_to_first_token_ms": med["ttft_ms"],
-        "decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth,
+        "decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth.gbs, "bandwidth_probe": asdict(bandwidth),
         "roofline_tokens_per_s": roofline, "fraction_of_roofline": med["decode"] / roofline,
         "repeats": repeats, "new_tokens": new_tokens,
     }
+    if loaded:
+        weights = sum(length for _, length in _initializer_bytes(model.bundle))
+        result["memory_after_load"] = {"rss_bytes": loaded["rss"], "anon_bytes": loaded["anon"],
+                                       "file_bytes": loaded["file"], "decoder_weight_bytes": weights,
+                                       "rss_over_weights": loaded["rss"] / weights}
     if model.adapters:
         name = model.adapters[0]
         result["adapter"] = {"name": name, "decode_tokens_per_s": med[f"decode_with_{name}"],

@@ -30,8 +30,10 @@ def bench_chart(result: dict, path: str | Path, title: str) -> Path:
              color=["#2f6b8f", "#cccccc"])
     roof.set_ylabel("decode tokens / s")
     roof.set_title(f"{result['fraction_of_roofline']:.0%} of the memory-bandwidth roofline")
+    loaded = result.get("memory_after_load")
+    memory = f"RSS after load {loaded['rss_over_weights']:.2f}x the weights; " if loaded else ""
     roof.text(0.5, -0.22, f"{result['decode_bytes_per_token'] / 1e6:.0f} MB/token at {result['read_bandwidth_gbs']:.1f} GB/s; "
-              f"TTFT {result['time_to_first_token_ms']:.0f} ms; peak RSS {result['peak_rss_mb']:.0f} MB",
+              f"TTFT {result['time_to_first_token_ms']:.0f} ms;\n{memory}peak RSS {result['peak_rss_mb']:.0f} MB",
               transform=roof.transAxes, ha="center", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

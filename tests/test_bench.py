@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 from click.testing import CliRunner
 
 from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
-from phi4edge.runtime.benchmark import decode_bytes_per_token
+from phi4edge.runtime.benchmark import _initializer_bytes, decode_bytes_per_token, last_level_cache_bytes, read_bandwidth
 
 
 def test_bench_text_bundle(bundles, tmp_path):
@@ -21,6 +23,10 @@ def test_bench_text_bundle(bundles, tmp_path):
     assert set(data["prefill_tokens_per_s"]) == {"16", "128", "512"}
     assert data["decode_tokens_per_s"] > 0 and data["time_to_first_token_ms"] > 0 and data["peak_rss_mb"] > 0
     assert data["read_bandwidth_gbs"] > 0 and 0 < data["fraction_of_roofline"]
+    memory = data["memory_after_load"]
+    assert memory["rss_bytes"] >= memory["anon_bytes"] > 0 and memory["file_bytes"] > 0
+    weights = _initializer_bytes(open_bundle(bundles["phi4mini", "int4"]))
+    assert memory["decoder_weight_bytes"] == sum(length for _, length in weights)
     # the tied int4 embedding is the LM head: read whole every token, rotary caches excluded
     data_file = (bundles["phi4mini", "int4"] / "decoder.onnx.data").stat().st_size
     assert data["decode_bytes_per_token"] < data_file
@@ -38,3 +44,38 @@ def test_bench_multimodal_bundle_with_adapters(mm_with_adapters):
 def test_untied_embedding_is_not_counted_as_read_per_token(bundles):
     untied = open_bundle(bundles["phi3mini", "int4"])   # untied: the embedding is only gathered
     assert decode_bytes_per_token(untied) < (bundles["phi3mini", "int4"] / "decoder.onnx.data").stat().st_size
+
+
+def test_bandwidth_probe_reads_far_more_than_the_last_level_cache():
+    probe = read_bandwidth(repeats=1)
+    assert probe.gbs > 0 and probe.best_gbs >= probe.gbs
+    assert probe.llc_bytes == last_level_cache_bytes() and probe.buffer_bytes >= 8 * (probe.llc_bytes or 0)
+    assert probe.buffer_bytes >= 512 << 20 and probe.threads == len(os.sched_getaffinity(0))
+
+
+def test_load_hands_back_the_weight_pages_only_prepacking_read(bundles):
+    """onnxruntime maps the external data and prepacking reads it whole; what stays mapped (scales,
+    the tied embedding) leaves RSS after load and comes back a page at a time as decode reads it."""
+    from phi4edge.runtime.memory import file_mappings
+    from phi4edge.runtime.session import DecoderSession
+    path = bundles["phi4mini", "int4"]
+    decoder = DecoderSession(open_bundle(path))
+    mapped = file_mappings(path)
+    assert mapped and _resident(path) == 0
+    decoder.reserve(8)
+    logits = decoder.forward(np.array([5, 6, 7], np.int64)).copy()
+    assert 0 < _resident(path) < (path / "decoder.onnx.data").stat().st_size
+    decoder.reserve(8)
+    np.testing.assert_array_equal(decoder.forward(np.array([5, 6, 7], np.int64)), logits)
+
+
+def _resident(folder) -> int:
+    """Resident bytes of this process's mappings of files under `folder`."""
+    prefix, total, inside = str(folder.resolve()) + "/", 0, False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):
+            inside = line.rstrip().split(maxsplit=5)[-1].startswith(prefix)
+        elif inside and first == "Rss:":
+            total += int(line.split()[1]) * 1024
+    return total
