@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Under `make test-avx2` the suite runs in qemu's Haswell model; a child process started with plain
 # sys.executable would run natively, so children are started through the same wrapper.
 PYTHON = shlex.split(os.environ.get("PHI4EDGE_PYTHON_WRAPPER", "")) + [sys.executable]
+
+
+def sigint_default() -> None:
+    """preexec_fn for a child that a test interrupts with Ctrl-C: a suite started as a background
+    job runs with SIGINT ignored, which children inherit, and Python then raises no
+    KeyboardInterrupt (two tests failed so, in a CI run started with `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

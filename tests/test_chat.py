@@ -12,7 +12,7 @@ import pytest
 
 from phi4edge import load
 
-from .conftest import PYTHON
+from .conftest import PYTHON, sigint_default
 from .serving import AUDIO, IMAGE, SPEC, TEXT_ANSWER, TEXT_PROMPT, embedded_bundle  # noqa: F401
 
 PREFILL = re.compile(r"\[(\d+) tokens, (\w+); prefilled (\d+) new of (\d+) prompt tokens")
@@ -20,7 +20,7 @@ PREFILL = re.compile(r"\[(\d+) tokens, (\w+); prefilled (\d+) new of (\d+) promp
 
 def spawn(bundle, *args: str) -> pexpect.spawn:
     chat = pexpect.spawn(PYTHON[0], [*PYTHON[1:], "-m", "phi4edge.cli", "chat", str(bundle), *args],
-                         encoding="utf-8", timeout=60, dimensions=(40, 200))
+                         encoding="utf-8", timeout=60, dimensions=(40, 200), preexec_fn=sigint_default)
     chat.expect("/help for commands")
     chat.expect("> ")
     return chat

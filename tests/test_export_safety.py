@@ -15,7 +15,7 @@ from phi4edge.cli import main
 from phi4edge.errors import CheckpointError, Phi4EdgeError
 from phi4edge.export import export_model
 
-from .conftest import PYTHON
+from .conftest import PYTHON, sigint_default
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -75,7 +75,8 @@ def _start_export(ck: Path, out: Path) -> subprocess.Popen:
             "from phi4edge.cli import main\n"
             "sys.argv = ['phi4edge', 'export', sys.argv[1], '-o', sys.argv[2]]\n"
             "main()\n")
-    return subprocess.Popen([*PYTHON, "-c", code, str(ck), str(out)], stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*PYTHON, "-c", code, str(ck), str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
 
 
 def _wait_for_staging(folder: Path, proc: subprocess.Popen) -> None:
