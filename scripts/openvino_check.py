@@ -8,21 +8,25 @@ its own venv (build/ov-venv, made when missing) and scripts/openvino_worker.py r
 CPU form and the WebGPU form (export/webgpu.py), fp32 and int4, as scripts/webgpu_check.py exports
 them. Reference: the Python runtime's greedy tokens on the CPU bundle. Prints a table (OpenVINO tokens
 equal to the reference, first-step logit difference from the same build's CPU EP, decoder nodes per
-provider) and, for each bundle and adapter OpenVINO gets wrong, the first node whose OpenVINO output
-departs from the CPU's and the first NaN/Inf one, then the two faults on two-node graphs. Exits 1
-when a WebGPU-form bundle (the form that runs on OpenVINO, docs/openvino.md) gives tokens other than the CPU's.
+provider; then phi4edge's own runtime, `phi4edge run --provider openvino`, installed in that venv,
+on the WebGPU-form bundles, and its refusal of the CPU form) and, for each bundle and adapter
+OpenVINO gets wrong, the first node whose OpenVINO output departs from the CPU's and the first
+NaN/Inf one, then the two faults on two-node graphs. Exits 1 when a WebGPU-form bundle (the form
+that runs on OpenVINO, docs/openvino.md) gives tokens other than the CPU's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
 from phi4edge.bundle import open_bundle
 from phi4edge.runtime.adapter_file import read_mapped
@@ -35,15 +39,53 @@ VENV = REPO / "build" / "ov-venv"
 PACKAGES = ["onnxruntime-openvino==1.24.1", "numpy==2.4.6", "onnx==1.23.2"]
 
 
+def runtime_packages() -> list[str]:
+    """phi4edge's own dependencies but onnxruntime, onnx and numpy (PACKAGES gives those), so that
+    the runtime itself runs on onnxruntime-openvino's build (phi4edge is then installed --no-deps)."""
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = [re.split(r"[<>=!~; \[]", d, maxsplit=1)[0] for d in deps]
+    return [n for n in names if n.lower() not in ("onnxruntime", "onnx", "numpy")]
+
+
 def ensure_venv() -> Path:
-    """build/ov-venv's interpreter, creating the venv with PACKAGES when it is missing."""
+    """build/ov-venv's interpreter, creating the venv with PACKAGES, the runtime's other dependencies
+    (pinned by constraints.txt) and phi4edge itself when it is missing."""
     python = VENV / "bin" / "python"
     stamp = VENV / ".installed"
-    if not stamp.exists() or stamp.read_text() != "\n".join(PACKAGES):
+    want = "\n".join(PACKAGES + runtime_packages())
+    if not stamp.exists() or stamp.read_text() != want:
         venv.create(VENV, with_pip=True, clear=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-        stamp.write_text("\n".join(PACKAGES))
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, *PACKAGES], check=True)
+        subprocess.run([*pip, "-c", str(REPO / "constraints.txt"), *runtime_packages()], check=True)
+        subprocess.run([*pip, "--no-deps", "-e", str(REPO)], check=True)
+        stamp.write_text(want)
     return python
+
+
+def runtime_rows(python: Path, bundles: dict[str, Path], cases: list[dict]) -> list[dict]:
+    """phi4edge's own runtime on OpenVINO (`phi4edge run --provider openvino`, run by build/ov-venv's
+    interpreter) on the WebGPU-form bundles, from each case's prompt and media; and its one-line
+    refusal of a CPU-form bundle."""
+    rows = []
+    for name, path in bundles.items():
+        run = [str(python), "-m", "phi4edge.cli", "run", str(path), "--provider", "openvino", "--json"]
+        if name.startswith("cpu-form"):
+            out = subprocess.run([*run, "--prompt", "hi"], capture_output=True, text=True)
+            print(f"{name}, phi4edge run --provider openvino: exit {out.returncode}: {out.stderr.strip()}")
+            continue
+        for case in (c for c in cases if name.endswith(c["precision"])):
+            media = [a for flag, files in (("--image", case["media"].get("images", [])),
+                                           ("--audio", case["media"].get("audios", []))) for f in files for a in (flag, f)]
+            out = subprocess.run([*run, "--prompt", case["prompt"], "--max-new-tokens", str(case["max_new_tokens"]), *media],
+                                 capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout)
+            nodes = result["nodes"]["decoder"]
+            rows.append({"bundle": f"{name} (phi4edge runtime)", "case": case["name"], "adapter": result["adapter"],
+                         "tokens": result["token_ids"], "finite": True, "diff": None,
+                         "nodes": {"OpenVINO": nodes.get("OpenVINOExecutionProvider", 0),
+                                   "CPU": nodes.get("CPUExecutionProvider", 0), "cpu_ops": {}}})
+    return rows
 
 
 def bundle_spec(path: Path) -> dict:
@@ -132,7 +174,8 @@ def main() -> None:
     )
     result = json.loads(result_file.read_text())
     expected = {(c["bundle"], c["name"]): c["expected"] for c in spec["cases"]}
-    text, bad = table(result["rows"], expected)
+    expected |= {(f"{bundle} (phi4edge runtime)", name): tokens for (bundle, name), tokens in expected.items()}
+    text, bad = table(result["rows"] + runtime_rows(python, bundles, cases), expected)
     header = f"OpenVINOExecutionProvider (device CPU), onnxruntime-openvino {result['onnxruntime']}"
     text = f"{header}\n\n{text}\n\n{causes_text(result['causes'], result['repro'])}"
     print(text)
