@@ -12,11 +12,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .blocks import QuantizedWeight, asymmetric, blocked
-from .hqq import fit_blocks, importance
+from .hqq import fit_rows, importance
 from .hqq import quantize as hqq_quantize
 
 DAMP = 0.01    # of the mean diagonal, added to H: the usual GPTQ value; 0.1 was worse on SmolLM2
 LAZY = 128     # columns updated together before the trailing matrix (the paper's lazy batch)
+ROWS = 1024    # rows through the column loop at a time
 
 
 def lower_inverse(low: np.ndarray) -> np.ndarray:
@@ -49,6 +50,28 @@ def inverse_factor(h: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lower_inverse(low)[::-1, ::-1])
 
 
+def _columns(w1: np.ndarray, u1: np.ndarray, i1: int, scales: np.ndarray, zero: np.ndarray, weight: np.ndarray,
+             bits: int, block_size: int) -> np.ndarray:
+    """The column loop over one lazy block for some rows: quantises w1 [rows, L] (columns i1...) in
+    place, fitting each block's grid (into the rows' scales/zero views) as the loop enters it; returns
+    the scaled errors [rows, L] for the trailing update."""
+    top = (1 << bits) - 1
+    err1 = np.zeros_like(w1)
+    for i in range(w1.shape[1]):
+        col = i1 + i
+        g = col // block_size
+        if col % block_size == 0:
+            b = blocked(w1[:, i:i + min(block_size, w1.shape[1] - i)], block_size)
+            scales[:, g], zero[:, g] = (x[:, 0] for x in fit_rows(b, weight[g:g + 1], bits))
+        s = np.where(scales[:, g] == 0, 1, scales[:, g])
+        q = (np.clip(np.rint(w1[:, i] / s + zero[:, g]), 0, top) - zero[:, g]) * scales[:, g]
+        e = (w1[:, i] - q) / u1[i, i]
+        w1[:, i:] -= np.outer(e, u1[i, i:])
+        err1[:, i] = e
+        w1[:, i] = q
+    return err1
+
+
 def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | None = None) -> QuantizedWeight:
     if hessian is None:
         return hqq_quantize(w, bits, block_size)
@@ -60,25 +83,14 @@ def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | No
     scales = np.empty((n, blocks), np.float32)
     zero = np.empty((n, blocks), np.float32)
     lazy = max(LAZY, block_size)
-    top = (1 << bits) - 1
     for i1 in range(0, k, lazy):
         i2 = min(k, i1 + lazy)
-        w1, err1 = w[:, i1:i2].copy(), np.zeros((n, i2 - i1), np.float32)
-        u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % block_size == 0:
-                g = col // block_size
-                end = min(block_size, i2 - i1 - i)
-                b = blocked(w1[:, i:i + end], block_size)
-                scales[:, g], zero[:, g] = (x[:, 0] for x in fit_blocks(b, weight[g:g + 1], bits))
-            g = col // block_size
-            s = np.where(scales[:, g] == 0, 1, scales[:, g])
-            q = (np.clip(np.rint(w1[:, i] / s + zero[:, g]), 0, top) - zero[:, g]) * scales[:, g]
-            e = (w1[:, i] - q) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err1[:, i] = e
-            w1[:, i] = q
-        w[:, i1:i2] = w1
+        err1 = np.empty((n, i2 - i1), np.float32)
+        # rows are independent in the column loop: ROWS at a time keep its working set in cache
+        for r in range(0, n, ROWS):
+            rows = slice(r, r + ROWS)
+            w1 = w[rows, i1:i2].copy()
+            err1[rows] = _columns(w1, u[i1:i2, i1:i2], i1, scales[rows], zero[rows], weight, bits, block_size)
+            w[rows, i1:i2] = w1
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
     return asymmetric(blocked(w, block_size), scales, zero, bits, block_size)

@@ -32,11 +32,12 @@ def fit_blocks(b: np.ndarray, weight: np.ndarray, bits: int) -> tuple[np.ndarray
     start_s, start_z = minmax(b, bits)
     s, z = (np.stack(x) for x in zip(*(minmax(b, bits, shrink) for shrink in SHRINK)))   # [starts, N, blocks]
     sw = weight.sum(-1)
+    mb = (b * weight).sum(-1) / sw
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    q = levels(b, s, z, bits).astype(np.float32)
     for _ in range(ROUNDS):
-        q = levels(b, s, z, bits).astype(np.float32)
         # weighted regression b ~ s * q + c, then zero = round(-c / s) and s refitted
-        mq, mb = (q * weight).sum(-1) / sw, (b * weight).sum(-1) / sw
+        mq = (q * weight).sum(-1) / sw
         var = ((q - mq[..., None]) ** 2 * weight).sum(-1)
         cov = ((q - mq[..., None]) * (b - mb[..., None]) * weight).sum(-1)
         s_new = np.where(var > 0, cov / np.where(var > 0, var, 1), s)
@@ -46,7 +47,8 @@ def fit_blocks(b: np.ndarray, weight: np.ndarray, bits: int) -> tuple[np.ndarray
         den = (d * d * weight).sum(-1)
         s = np.where(den > 0, (d * b * weight).sum(-1) / np.where(den > 0, den, 1), s_new).astype(np.float32)
         s = np.where(s > 0, s, s_new).astype(np.float32)
-        found.append((s, z, error(b, s, z, weight, bits)))
+        q = levels(b, s, z, bits).astype(np.float32)   # the next round's levels, and this grid's error
+        found.append((s, z, level_error(q, b, s, z, weight)))
     # candidates [1 + starts * ROUNDS, N, blocks]: min/max grid, then each start's rounds in turn
     cand = [np.concatenate([first[None], np.stack(x, 1).reshape((-1,) + first.shape)])
             for first, x in zip((start_s, start_z, error(b, start_s, start_z, weight, bits)), zip(*found))]
@@ -55,8 +57,23 @@ def fit_blocks(b: np.ndarray, weight: np.ndarray, bits: int) -> tuple[np.ndarray
             np.take_along_axis(cand[1], best, 0)[0].astype(np.float32))
 
 
+def fit_rows(b: np.ndarray, weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """fit_blocks over chunks of rows, CHUNK_ELEMENTS (all starts) at a time, so the temporaries stay
+    in cache; rows are fitted independently, so the result is the same as one call's."""
+    scales = np.empty(b.shape[:2], np.float32)
+    zero = np.empty(b.shape[:2], np.float32)
+    step = max(1, CHUNK_ELEMENTS // (b[0].size * len(SHRINK)))
+    for lo in range(0, len(b), step):
+        scales[lo:lo + step], zero[lo:lo + step] = fit_blocks(b[lo:lo + step], weight, bits)
+    return scales, zero
+
+
 def error(b: np.ndarray, s: np.ndarray, z: np.ndarray, weight: np.ndarray, bits: int) -> np.ndarray:
-    q = levels(b, s, z, bits).astype(np.float32)
+    return level_error(levels(b, s, z, bits).astype(np.float32), b, s, z, weight)
+
+
+def level_error(q: np.ndarray, b: np.ndarray, s: np.ndarray, z: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted squared error of blocks b rounded to levels q of grid (s, z)."""
     return (((q - z[..., None]) * s[..., None] - b) ** 2 * weight).sum(-1)
 
 
@@ -69,15 +86,9 @@ def importance(k: int, block_size: int, hessian: np.ndarray | None) -> np.ndarra
 
 def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | None = None) -> QuantizedWeight:
     """Asymmetric block quantisation with fitted scales and zero points."""
-    n, k = w.shape
-    weight = importance(k, block_size, hessian)
+    weight = importance(w.shape[1], block_size, hessian)
     b = blocked(w, block_size)
-    scales = np.empty(b.shape[:2], np.float32)
-    zero = np.empty(b.shape[:2], np.float32)
-    step = max(1, CHUNK_ELEMENTS // (b[0].size * len(SHRINK)))
-    for lo in range(0, n, step):
-        scales[lo:lo + step], zero[lo:lo + step] = fit_blocks(b[lo:lo + step], weight, bits)
-    return asymmetric(b, scales, zero, bits, block_size)
+    return asymmetric(b, *fit_rows(b, weight, bits), bits, block_size)
 
 
 def symmetric_scales(b: np.ndarray, bits: int) -> np.ndarray:
