@@ -77,19 +77,20 @@ def last_level_cache_bytes() -> int | None:
     return max(sizes, default=None)
 
 
-def read_bandwidth(threads: int | None = None, repeats: int = 7) -> Bandwidth:
+def read_bandwidth(threads: int | None = None, repeats: int = 7, buffer_bytes: int | None = None) -> Bandwidth:
     """The memory read ceiling a decode step can reach: onnxruntime's ReduceSum over a float32
     buffer of at least 8x the last-level cache (512 MiB at least), rows split across all the
     cores this process may use. A numpy sum was the probe before: single-threaded per chunk and
     compute-bound, it gave 7.5 GB/s on one thread and 15.1 on two on a Xeon (issue 21), so decode
-    came out at 108% of "roofline". ReduceSum streams a cache-resident 16 MiB at about twice the
-    rate it reads this buffer (bench/RESULTS.md), so here the memory, not the kernel, is the limit."""
+    came out at 108% of "roofline". One thread of ReduceSum reads a cache-resident 16 MiB 1.8-2.1x
+    faster than this buffer (bench/RESULTS.md), so here the memory, not the kernel, is the limit.
+    `buffer_bytes` overrides the size (bench/bandwidth.py's cache-resident comparison)."""
     from onnx import TensorProto, helper
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     llc = last_level_cache_bytes()
     rows = 4096   # parallel over rows; each row 128 KiB or more, read start to end
-    size = max(512 << 20, 8 * (llc or 0))
+    size = buffer_bytes or max(512 << 20, 8 * (llc or 0))
     cols = -(-size // (4 * rows))
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "probe",
