@@ -2,9 +2,9 @@
 `onnxruntime.LoraAdapter` and onnxruntime-genai's `Adapters`).
 
 Parameters are named after the decoder's LoRA graph inputs: A stored [in, r] and B stored [r, out]
-with the scale (alpha/r, or alpha/sqrt(r) for rsLoRA) already folded in. In int8, each is stored
-symmetric per column (A per rank, B per output) with NAME.scale beside it. The file's model_version
-holds the base model's id, so an adapter exported for another base is refused at load.
+with the scale (alpha/r, or alpha/sqrt(r) for rsLoRA) already folded in; int8 and int4 as
+phi4edge/lora_codec.py describes. The file's model_version holds the base model's id, so an adapter
+exported for another base is refused at load.
 """
 from __future__ import annotations
 
@@ -14,27 +14,38 @@ import numpy as np
 import onnxruntime as ort
 
 from ..format import ADAPTER_FORMAT_VERSION, Adapter, DecoderNames, base_model_version
+from ..lora_codec import INT4_BLOCK, quantize_columns
 from ..models.lora import LoraAdapter
+from ..quant.blocks import symmetric
 from .decoder import LORA_DTYPES
 
+PRECISIONS = (*LORA_DTYPES, "int4")   # int4 files run on the int8 decoder's LoRA inputs
 
-def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per column: (int8 [rows, cols], float32 scales [cols]); zero columns get scale 1."""
-    scale = np.abs(w).max(axis=0) / 127
-    scale[scale == 0] = 1
-    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+def graph_precision(precision: str) -> str:
+    """The decoder's LoRA input precision for adapter files of `precision`."""
+    return "int8" if precision == "int4" else precision
+
+
+def _arrays(w: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(stored tensor, its scales or None) for one LoRA input's weight [rows, cols]."""
+    if precision == "int4":   # a rank below the block makes one (even) block per column: no padding
+        q = symmetric(w.T, 4, min(INT4_BLOCK, len(w) + len(w) % 2))
+        return q.packed, q.scales
+    if precision == "int8":
+        return quantize_columns(w)
+    return np.ascontiguousarray(w, dtype=LORA_DTYPES[precision][1]), None
 
 
 def write_adapter(adapter: LoraAdapter, path: Path, precision: str, base_id: str) -> Adapter:
     """Write one adapter file; returns its manifest entry."""
-    np_type = LORA_DTYPES[precision][1]
     params = {}
     for layer, module, a, b in adapter.tensors():
         for name, w in ((DecoderNames.lora(layer, module, "A"), a.T), (DecoderNames.lora(layer, module, "B"), b.T)):
-            if np_type == np.int8:
-                w, scale = quantize_columns(w)
+            stored, scale = _arrays(w, precision)
+            params[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(stored))
+            if scale is not None:
                 params[f"{name}.scale"] = ort.OrtValue.ortvalue_from_numpy(scale)
-            params[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(w, dtype=np_type))
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(ADAPTER_FORMAT_VERSION)
     fmt.set_model_version(base_model_version(base_id))

@@ -19,10 +19,10 @@ from ..models.config import DecoderConfig, load_config
 from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
 from ..progress import progress
-from ..quant import CALIBRATED, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
-from .adapters import write_adapter
+from ..quant import CALIBRATED, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
+from .adapters import PRECISIONS, graph_precision, write_adapter
 from .calibrate import Calibration, calibration_ids
-from .decoder import LORA_DTYPES, DecoderBuilder, DecoderOptions
+from .decoder import DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
 from .genai_config import genai_config
 from .graph import Graph, WeightFile
@@ -132,14 +132,16 @@ def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = 
 
 
 def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, block_size: int = 32,
-                 head: str = DEFAULT_HEAD, head_block_size: int = 0) -> QuantConfig | None:
+                 head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder: str = DEFAULT_ENCODER,
+                 encoder_block_size: int = 0) -> QuantConfig | None:
     """The weights' quantisation settings (None for fp32), with the checkpoint's calibration
     statistics for a calibrated method."""
     if precision not in ("int4", "fp32"):
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
     if precision == "fp32":
         return None
-    quant = QuantConfig(method, block_size=block_size, head=head, head_block_size=head_block_size)
+    quant = QuantConfig(method, block_size=block_size, head=head, head_block_size=head_block_size, encoder=encoder,
+                        encoder_block_size=encoder_block_size)
     if quant.method in CALIBRATED:
         quant = replace(quant, calibration=Calibration(src.cfg, src.weights, calibration_ids(src.tokenizer)))
     return quant
@@ -149,26 +151,29 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                  block_size: int = 32, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
                  lora: bool = False, graph_format: str = "onnx", webgpu: bool = False, quant_method: str = DEFAULT_METHOD,
-                 head: str = DEFAULT_HEAD, head_block_size: int = 0) -> Path:
+                 head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder_quant: str = DEFAULT_ENCODER,
+                 encoder_block_size: int = 0) -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
-    adapters can be brought later). adapter_precision: fp32 or fp16 LoRA weights. graph_format:
+    adapters can be brought later). adapter_precision: fp32, fp16, int8 or int4 LoRA weights (int4
+    files run on int8 LoRA inputs). graph_format:
     "onnx", or "ort" for onnxruntime's ORT format (export/mobile.py; staged as ONNX, then converted).
     webgpu: the decoder's WebGPU form (export/webgpu.py; the bundle requires "webgpu-decoder").
-    quant_method, head, head_block_size: int4 settings (quant.QuantConfig; docs/quantization.md).
+    quant_method, head, head_block_size, encoder_quant, encoder_block_size: int4 settings (quant.QuantConfig;
+    docs/quantization.md).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if precision not in ("int4", "fp32"):   # before reading the checkpoint
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
-    if adapter_precision not in LORA_DTYPES:
-        raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(LORA_DTYPES)}")
+    if adapter_precision not in PRECISIONS:
+        raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(PRECISIONS)}")
     if graph_format not in ("onnx", "ort"):
         raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
     src = read_source(model_dir, adapters)
-    quant = quant_config(src, precision, quant_method, block_size, head, head_block_size)
+    quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size)
     cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
-    lora_dtype = adapter_precision if (loras or lora) else None
+    lora_dtype = graph_precision(adapter_precision) if (loras or lora) else None
     media = tuple((e.media_input, e.token_id) for e in encoders)
 
     with staging(out_dir, force, src.inputs) as tmp:
@@ -178,7 +183,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             options = DecoderOptions(quant=quant, lora=lora_dtype, media=media, webgpu=webgpu)
             DecoderBuilder(graph, cfg, weights, options).build(lambda _: tick())
         data.close()
-        sections = {e.kind: export_encoder(e, quant, tmp, show_progress) for e in encoders}
+        sections = {e.kind: export_encoder(e, quant.encoders if quant else None, tmp, show_progress) for e in encoders}
         adapter_entries = {}
         with progress(len(loras), "export adapters", "adapter", show_progress and bool(loras)) as tick:
             for adapter in loras:
@@ -194,7 +199,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
             model=src.model(),
             quantization=Quantization(precision=precision, **(quant.to_json() if quant else {}),  # type: ignore[arg-type]
                                       tied_embeddings=quant.describe_table()
-                                      if quant and cfg.tie_word_embeddings else None),
+                                      if quant and cfg.tie_word_embeddings else None,
+                                      encoders=quant.describe_encoders() if quant and encoders else None),
             decoder=Decoder(graph="decoder.onnx", lora=lora_dtype, media=dict(media)),  # type: ignore[arg-type]
             adapters=adapter_entries, vision=sections.get("vision"), speech=sections.get("speech"),  # type: ignore[arg-type]
             generation=generation,

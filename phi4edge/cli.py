@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .errors import Phi4EdgeError
-from .quant import DEFAULT_HEAD, DEFAULT_METHOD, HEADS, METHODS
+from .quant import DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, ENCODER_CHOICES, HEADS, METHODS
 
 
 def friendly_errors(fn):
@@ -77,12 +77,17 @@ def main() -> None:
 @click.option("--head", type=click.Choice(HEADS), default=DEFAULT_HEAD, show_default=True,
               help="Precision of the (tied) embedding / LM head table.")
 @click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")
+@click.option("--encoder-quant", type=click.Choice(ENCODER_CHOICES), default=DEFAULT_ENCODER, show_default=True,
+              help="The vision/speech encoders' linears: int4 hqq or rtn, int8, or fp32 (figures: docs/quantization.md).")
+@click.option("--encoder-block-size", type=int, default=0,
+              help="Block size of the encoders' linears [default: --block-size].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=PEFT_DIR",
               help="Add a PEFT LoRA adapter (repeatable). Phi-4-multimodal's vision/speech come by themselves.")
-@click.option("--adapter-precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--adapter-precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True,
               help="LoRA weight precision (fp16: half the size, fast on ARM64, slower than fp32 on x86; "
-                   "int8: a quarter of the size and the fastest with an adapter active on x86).")
+                   "int8: a quarter of the size and the fastest with an adapter active on x86; int4: an eighth "
+                   "of the file size, widened to int8 at load, files for phi4edge's runtime only).")
 @click.option("--lora", is_flag=True, help="Add LoRA inputs even without adapters, to bring adapters later.")
 @click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="Graph format: ONNX with external weights, or onnxruntime's ORT format for phones and reduced "
@@ -103,7 +108,7 @@ def main() -> None:
               help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 69, the 8 Elite; 57: 8 Gen 3].")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant: str, head: str, head_block_size: int,
-           force: bool, adapters: tuple[str, ...],
+           encoder_quant: str, encoder_block_size: int, force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool, graph_format: str, target: str, context: int | None,
            prefill_chunk: int | None, image_crops: int | None, audio_seconds: float | None, soc_model: int | None) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
@@ -125,13 +130,15 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant:
     if target in ("dynamic", "webgpu"):
         path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
                             quant_method=quant, head=head, head_block_size=head_block_size,
-                            adapters=named, adapter_precision=adapter_precision, lora=lora, graph_format=graph_format,
+                            encoder_quant=encoder_quant, encoder_block_size=encoder_block_size, adapters=named,
+                            adapter_precision=adapter_precision, lora=lora, graph_format=graph_format,
                             webgpu=target == "webgpu")
     else:
         from .export.static import StaticShapes, export_static
         from .providers import DEFAULT_SOC
         path = export_static(model_dir, out_dir, precision=precision, block_size=block_size, force=force, adapters=named,
                              quant_method=quant, head=head, head_block_size=head_block_size,
+                             encoder_quant=encoder_quant, encoder_block_size=encoder_block_size,
                              shapes=StaticShapes(**{k: v for k, v in static.items() if v is not None}),
                              qnn_soc=(soc_model or DEFAULT_SOC) if target == "qnn" else None)
     click.echo(f"wrote {path}")

@@ -48,7 +48,8 @@ MAX_MANIFEST_BYTES = 16 << 20            # a real manifest is a few KB; refuse t
 DYNAMIC_HD = 36                          # crop limit when a vision bundle does not record its own
 
 Precision = Literal["int4", "fp32"]
-AdapterPrecision = Literal["fp32", "fp16", "int8"]
+AdapterPrecision = Literal["fp32", "fp16", "int8"]                # the decoder's LoRA inputs
+AdapterFilePrecision = Literal["fp32", "fp16", "int8", "int4"]   # int4 files run on int8 inputs
 
 
 # --- graph interface names ---------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Quantization:
     block_size: int | None = None
     accuracy_level: int | None = None
     tied_embeddings: str | None = None   # note on how a tied embedding/head is stored
+    encoders: str | None = None          # note on how the vision/speech encoders' linears are stored
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class Decoder:
 @dataclass(frozen=True)
 class Adapter:
     file: str
-    precision: AdapterPrecision
+    precision: AdapterFilePrecision
     ranks: list[int]
     alpha: float
     rslora: bool

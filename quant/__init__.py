@@ -40,6 +40,10 @@ HEADS = ("int4", "int8")
 # export 11x slower (9.4 s of CPU against 0.85 s), which every test export would pay (docs/quantization.md).
 DEFAULT_METHOD = "rtn"
 DEFAULT_HEAD = "int4"
+# The vision/speech encoders' linears: int4 by a calibration-free method (they have no calibration pass),
+# int8 or fp32. Measured on the embedded model's held-out sets and feature error: bench/RESULTS.md.
+ENCODER_CHOICES = ("hqq", "rtn", "int8", "fp32")
+DEFAULT_ENCODER = "hqq"
 
 
 def _check_block(option: str, block_size: int) -> None:
@@ -53,8 +57,9 @@ class QuantConfig:
 
     head: precision of the vocabulary table (the tied embedding/LM head, or each of an untied
     pair), symmetric so one tensor serves GatherBlockQuantized and MatMulNBits; head_block_size 0
-    means block_size. calibration: an export.calibrate.Calibration for calibrated methods (not
-    recorded; without one they fall back to their calibration-free form).
+    means block_size. encoder: the vision/speech encoders' linears (ENCODER_CHOICES),
+    encoder_block_size 0 means block_size. calibration: an export.calibrate.Calibration for calibrated
+    methods (not recorded; without one they fall back to their calibration-free form).
     """
 
     method: str = "rtn"
@@ -63,6 +68,8 @@ class QuantConfig:
     accuracy_level: int = 4
     head: str = "int4"
     head_block_size: int = 0
+    encoder: str = DEFAULT_ENCODER
+    encoder_block_size: int = 0
     calibration: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -73,6 +80,10 @@ class QuantConfig:
             _check_block("--head-block-size", self.head_block_size)
         if self.head not in HEADS:
             raise Phi4EdgeError(f"--head {self.head!r}: choose one of {', '.join(HEADS)}")
+        if self.encoder not in ENCODER_CHOICES:
+            raise Phi4EdgeError(f"--encoder-quant {self.encoder!r}: choose one of {', '.join(ENCODER_CHOICES)}")
+        if self.encoder_block_size:
+            _check_block("--encoder-block-size", self.encoder_block_size)
         if self.bits not in (4, 8):
             raise Phi4EdgeError(f"only 4- and 8-bit weights are supported, got bits={self.bits}")
 
@@ -81,6 +92,15 @@ class QuantConfig:
         """Settings of the vocabulary table (symmetric: GatherBlockQuantized reads it without zero points)."""
         return replace(self, bits=8 if self.head == "int8" else 4, block_size=self.head_block_size or self.block_size,
                        calibration=None)
+
+    @property
+    def encoders(self) -> QuantConfig | None:
+        """Settings of the vision/speech encoder linears; None keeps them fp32."""
+        if self.encoder == "fp32":
+            return None
+        int8 = self.encoder == "int8"
+        return replace(self, method="rtn" if int8 else self.encoder, bits=8 if int8 else 4,
+                       block_size=self.encoder_block_size or self.block_size, calibration=None)
 
     def weight(self, w: np.ndarray, name: str = "") -> QuantizedWeight:
         """Quantise one linear's [out, in] weight; `name` (the graph's, e.g. layers.3.qkv_proj)
@@ -99,10 +119,15 @@ class QuantConfig:
         t = self.table
         return f"one int{t.bits} tensor (block {t.block_size}) for embedding and LM head"
 
+    def describe_encoders(self) -> str:
+        e = self.encoders
+        return "fp32" if e is None else f"int{e.bits} {e.method} (block {e.block_size})"
+
     def to_json(self) -> dict:
         """The manifest's fields (the table's settings go in its tied_embeddings note)."""
         return {"method": self.method, "bits": self.bits, "block_size": self.block_size,
                 "accuracy_level": self.accuracy_level}
 
 
-__all__ = ["CALIBRATED", "DEFAULT_HEAD", "DEFAULT_METHOD", "HEADS", "METHODS", "QuantConfig", "QuantizedWeight", "Quantizer"]
+__all__ = ["CALIBRATED", "DEFAULT_ENCODER", "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES", "HEADS", "METHODS",
+           "QuantConfig", "QuantizedWeight", "Quantizer"]

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from ..errors import BundleError
 from ..format import base_model_version
+from ..lora_codec import int4_to_int8
 from .adapter_file import read_mapped
 
 
@@ -87,11 +88,26 @@ class AdapterSet:
         if name in self._loaded:
             return self._loaded[name][1]
         mapping, arrays = self.read(name)
-        params = {pname: ort.OrtValue.ortvalue_from_numpy(arr) for pname, arr in arrays.items()}
+        params = {pname: ort.OrtValue.ortvalue_from_numpy(arr) for pname, arr in self._widen(arrays).items()}
         for pname, value in params.items():
             self._check(name, pname, value)
         self._loaded[name] = (mapping, params)   # the values point into the mapping: keep it open
         return params
+
+    def _widen(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """int4 tensors (packed uint8 with block scales, phi4edge/lora_codec.py) as the int8 LoRA
+        inputs take them, in memory; other tensors stay views of the mapped file. B's rows are A's rank."""
+        out = dict(arrays)
+        for a_name, packed in arrays.items():
+            b_name = a_name.removesuffix(".A") + ".B"
+            parts = (f"{a_name}.scale", b_name, f"{b_name}.scale")
+            if packed.dtype != np.uint8 or not a_name.endswith(".A") or a_name not in self.inputs or \
+                    not all(p in arrays for p in parts):
+                continue   # not an int4 pair: _check names what does not fit
+            a, a_scale = int4_to_int8(packed, arrays[f"{a_name}.scale"], self.inputs[a_name].shape[0])
+            b, b_scale = int4_to_int8(arrays[b_name], arrays[f"{b_name}.scale"], a.shape[1])
+            out |= {a_name: a, f"{a_name}.scale": a_scale, b_name: b, f"{b_name}.scale": b_scale}
+        return out
 
     def _check(self, name: str, pname: str, value: ort.OrtValue) -> None:
         inp = self.inputs.get(pname)
