@@ -9,12 +9,14 @@ hidden states and 0.4 GB of Hessians, whatever the depth.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..models.config import DecoderConfig
-from ..models.phi3 import Phi3Weights
+from ..models.phi3 import LAYER_LINEARS, Phi3Weights
+from ..quant import QuantConfig, mixed
 from .rope import cos_sin
 
 TEXT = Path(__file__).parent.parent / "quant" / "calibration.txt"   # phi4edge/quant/, package data
@@ -107,3 +109,21 @@ class Calibration:
         act = gate / (1 + np.exp(-gate)) * up
         self.hessians |= {"gate_up_proj": self._moment(h), "down_proj": self._moment(act)}
         self.x = self.x + act @ w.linear(i, "mlp.down_proj").T
+
+
+def mixed_plan(cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray, quant: QuantConfig) -> mixed.Plan:
+    """Which decoder linears mixed precision stores in int8 under quant.bits_budget: a calibration
+    pass of its own over every layer (the export's pass then starts afresh), measuring each linear."""
+    cal = Calibration(cfg, weights, ids)
+
+    def linears() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        for i in range(cfg.num_layers):
+            for module in LAYER_LINEARS:
+                name = f"layers.{i}.{module.split('.')[-1]}"
+                hessian = cal.hessian(name)
+                assert hessian is not None   # every decoder linear has one
+                yield name, weights.linear(i, module), hessian
+    tables = 1 if cfg.tie_word_embeddings else 2
+    return mixed.plan(linears(), quant.estimate, quant.block_size, quant.method != "rtn",  # rtn: symmetric
+                      tables * quant.table_bits(cfg.vocab_size, cfg.hidden_size), tables * cfg.vocab_size * cfg.hidden_size,
+                      quant.bits_budget)

@@ -19,9 +19,9 @@ from ..models.config import DecoderConfig, load_config
 from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
 from ..progress import progress
-from ..quant import CALIBRATED, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
+from ..quant import CALIBRATED, DEFAULT_BITS_BUDGET, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
 from .adapters import PRECISIONS, graph_precision, write_adapter
-from .calibrate import Calibration, calibration_ids
+from .calibrate import Calibration, calibration_ids, mixed_plan
 from .decoder import DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
 from .genai_config import genai_config
@@ -133,17 +133,22 @@ def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = 
 
 def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, block_size: int = 32,
                  head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder: str = DEFAULT_ENCODER,
-                 encoder_block_size: int = 0) -> QuantConfig | None:
+                 encoder_block_size: int = 0, bits_budget: float = DEFAULT_BITS_BUDGET) -> QuantConfig | None:
     """The weights' quantisation settings (None for fp32), with the checkpoint's calibration
-    statistics for a calibrated method."""
+    statistics for a calibrated method and the int8 linears of mixed precision."""
     if precision not in ("int4", "fp32"):
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
     if precision == "fp32":
         return None
     quant = QuantConfig(method, block_size=block_size, head=head, head_block_size=head_block_size, encoder=encoder,
-                        encoder_block_size=encoder_block_size)
+                        encoder_block_size=encoder_block_size, bits_budget=bits_budget)
+    if quant.method not in CALIBRATED and not quant.bits_budget:
+        return quant
+    ids = calibration_ids(src.tokenizer)
+    if quant.bits_budget:
+        quant = replace(quant, int8=mixed_plan(src.cfg, src.weights, ids, quant).int8)
     if quant.method in CALIBRATED:
-        quant = replace(quant, calibration=Calibration(src.cfg, src.weights, calibration_ids(src.tokenizer)))
+        quant = replace(quant, calibration=Calibration(src.cfg, src.weights, ids))
     return quant
 
 
@@ -152,7 +157,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
                  lora: bool = False, graph_format: str = "onnx", webgpu: bool = False, quant_method: str = DEFAULT_METHOD,
                  head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder_quant: str = DEFAULT_ENCODER,
-                 encoder_block_size: int = 0) -> Path:
+                 encoder_block_size: int = 0, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
@@ -160,8 +165,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     files run on int8 LoRA inputs). graph_format:
     "onnx", or "ort" for onnxruntime's ORT format (export/mobile.py; staged as ONNX, then converted).
     webgpu: the decoder's WebGPU form (export/webgpu.py; the bundle requires "webgpu-decoder").
-    quant_method, head, head_block_size, encoder_quant, encoder_block_size: int4 settings (quant.QuantConfig;
-    docs/quantization.md).
+    quant_method, head, head_block_size, encoder_quant, encoder_block_size, bits_budget: int4 settings
+    (quant.QuantConfig; docs/quantization.md).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if precision not in ("int4", "fp32"):   # before reading the checkpoint
@@ -171,7 +176,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     if graph_format not in ("onnx", "ort"):
         raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
     src = read_source(model_dir, adapters)
-    quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size)
+    quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size,
+                         bits_budget)
     cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
     lora_dtype = graph_precision(adapter_precision) if (loras or lora) else None
     media = tuple((e.media_input, e.token_id) for e in encoders)

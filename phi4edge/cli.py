@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .errors import Phi4EdgeError
-from .quant import DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, ENCODER_CHOICES, HEADS, METHODS
+from .quant import DEFAULT_BITS_BUDGET, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, ENCODER_CHOICES, HEADS, METHODS
 
 
 def friendly_errors(fn):
@@ -77,6 +77,9 @@ def main() -> None:
 @click.option("--head", type=click.Choice(HEADS), default=DEFAULT_HEAD, show_default=True,
               help="Precision of the (tied) embedding / LM head table.")
 @click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")
+@click.option("--bits-budget", type=float, default=DEFAULT_BITS_BUDGET, show_default=True,
+              help="Mixed precision: store the decoder linears most sensitive on the calibration text in int8 while "
+                   "bits per weight over every decoder matrix (table included) stay within this; 0: none.")
 @click.option("--encoder-quant", type=click.Choice(ENCODER_CHOICES), default=DEFAULT_ENCODER, show_default=True,
               help="The vision/speech encoders' linears: int4 hqq or rtn, int8, or fp32 (figures: docs/quantization.md).")
 @click.option("--encoder-block-size", type=int, default=0,
@@ -108,7 +111,7 @@ def main() -> None:
               help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 69, the 8 Elite; 57: 8 Gen 3].")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant: str, head: str, head_block_size: int,
-           encoder_quant: str, encoder_block_size: int, force: bool, adapters: tuple[str, ...],
+           bits_budget: float, encoder_quant: str, encoder_block_size: int, force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool, graph_format: str, target: str, context: int | None,
            prefill_chunk: int | None, image_crops: int | None, audio_seconds: float | None, soc_model: int | None) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""
@@ -129,7 +132,7 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant:
         raise click.UsageError(f"{given[0]} does not apply to --target {target}")
     if target in ("dynamic", "webgpu"):
         path = export_model(model_dir, out_dir, precision=precision, block_size=block_size, force=force,
-                            quant_method=quant, head=head, head_block_size=head_block_size,
+                            quant_method=quant, head=head, head_block_size=head_block_size, bits_budget=bits_budget,
                             encoder_quant=encoder_quant, encoder_block_size=encoder_block_size, adapters=named,
                             adapter_precision=adapter_precision, lora=lora, graph_format=graph_format,
                             webgpu=target == "webgpu")
@@ -137,7 +140,7 @@ def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant:
         from .export.static import StaticShapes, export_static
         from .providers import DEFAULT_SOC
         path = export_static(model_dir, out_dir, precision=precision, block_size=block_size, force=force, adapters=named,
-                             quant_method=quant, head=head, head_block_size=head_block_size,
+                             quant_method=quant, head=head, head_block_size=head_block_size, bits_budget=bits_budget,
                              encoder_quant=encoder_quant, encoder_block_size=encoder_block_size,
                              shapes=StaticShapes(**{k: v for k, v in static.items() if v is not None}),
                              qnn_soc=(soc_model or DEFAULT_SOC) if target == "qnn" else None)

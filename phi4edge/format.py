@@ -160,6 +160,12 @@ class Model:
 
 
 @dataclass(frozen=True)
+class LinearQuant:
+    bits: int
+    block_size: int
+
+
+@dataclass(frozen=True)
 class Quantization:
     precision: Precision
     method: str | None = None            # int4 only, from here down: the quantisation method
@@ -168,6 +174,8 @@ class Quantization:
     accuracy_level: int | None = None
     tied_embeddings: str | None = None   # note on how a tied embedding/head is stored
     encoders: str | None = None          # note on how the vision/speech encoders' linears are stored
+    bits_budget: float | None = None     # mixed precision: bits per weight over every decoder matrix it filled
+    overrides: dict[str, LinearQuant] | None = None   # decoder linears (node names) stored otherwise than bits/block_size
 
 
 @dataclass(frozen=True)

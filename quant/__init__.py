@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import Phi4EdgeError
-from . import gptq, hqq, int4
+from . import gptq, hqq, int4, mixed
 from .blocks import QuantizedWeight, symmetric
 
 Quantizer = Callable[[np.ndarray, int, int, "np.ndarray | None"], QuantizedWeight]
@@ -40,6 +40,7 @@ HEADS = ("int4", "int8")
 # export 11x slower (9.4 s of CPU against 0.85 s), which every test export would pay (docs/quantization.md).
 DEFAULT_METHOD = "rtn"
 DEFAULT_HEAD = "int4"
+DEFAULT_BITS_BUDGET = 0.0   # bits per weight mixed precision may fill (quant/mixed.py); 0: none
 # The vision/speech encoders' linears: int4 by a calibration-free method (they have no calibration pass),
 # int8 or fp32. Measured on the embedded model's held-out sets and feature error: bench/RESULTS.md.
 ENCODER_CHOICES = ("hqq", "rtn", "int8", "fp32")
@@ -58,7 +59,9 @@ class QuantConfig:
     head: precision of the vocabulary table (the tied embedding/LM head, or each of an untied
     pair), symmetric so one tensor serves GatherBlockQuantized and MatMulNBits; head_block_size 0
     means block_size. encoder: the vision/speech encoders' linears (ENCODER_CHOICES),
-    encoder_block_size 0 means block_size. calibration: an export.calibrate.Calibration for calibrated
+    encoder_block_size 0 means block_size. bits_budget: bits per weight over every decoder matrix
+    that mixed precision may fill (0: none); int8: (graph name, block size) of the decoder linears it
+    stores in int8 (quant/mixed.py). calibration: an export.calibrate.Calibration for calibrated
     methods (not recorded; without one they fall back to their calibration-free form).
     """
 
@@ -70,6 +73,8 @@ class QuantConfig:
     head_block_size: int = 0
     encoder: str = DEFAULT_ENCODER
     encoder_block_size: int = 0
+    bits_budget: float = 0.0
+    int8: tuple[tuple[str, int], ...] = ()
     calibration: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -84,6 +89,8 @@ class QuantConfig:
             raise Phi4EdgeError(f"--encoder-quant {self.encoder!r}: choose one of {', '.join(ENCODER_CHOICES)}")
         if self.encoder_block_size:
             _check_block("--encoder-block-size", self.encoder_block_size)
+        if self.bits_budget and not 4 < self.bits_budget <= 16:
+            raise Phi4EdgeError(f"--bits-budget {self.bits_budget}: give bits per weight above 4 (0: no mixed precision)")
         if self.bits not in (4, 8):
             raise Phi4EdgeError(f"only 4- and 8-bit weights are supported, got bits={self.bits}")
 
@@ -91,7 +98,7 @@ class QuantConfig:
     def table(self) -> QuantConfig:
         """Settings of the vocabulary table (symmetric: GatherBlockQuantized reads it without zero points)."""
         return replace(self, bits=8 if self.head == "int8" else 4, block_size=self.head_block_size or self.block_size,
-                       calibration=None)
+                       calibration=None, bits_budget=0.0, int8=())
 
     @property
     def encoders(self) -> QuantConfig | None:
@@ -100,13 +107,28 @@ class QuantConfig:
             return None
         int8 = self.encoder == "int8"
         return replace(self, method="rtn" if int8 else self.encoder, bits=8 if int8 else 4,
-                       block_size=self.encoder_block_size or self.block_size, calibration=None)
+                       block_size=self.encoder_block_size or self.block_size, calibration=None, bits_budget=0.0, int8=())
 
     def weight(self, w: np.ndarray, name: str = "") -> QuantizedWeight:
         """Quantise one linear's [out, in] weight; `name` (the graph's, e.g. layers.3.qkv_proj)
         finds its calibration Hessian."""
         hessian = self.calibration.hessian(name) if self.calibration is not None else None  # type: ignore[attr-defined]
+        int8 = dict(self.int8)
+        if name in int8:
+            return METHODS[self.method](w, 8, int8[name], hessian)
         return METHODS[self.method](w, self.bits, self.block_size, hessian)
+
+    def estimate(self, w: np.ndarray, hessian: np.ndarray) -> QuantizedWeight:
+        """The int4 weight mixed precision measures sensitivity on: the method without GPTQ's error
+        feedback (gptq -> hqq weighted by the Hessian's diagonal)."""
+        if self.method in CALIBRATED:
+            return hqq.quantize(w, self.bits, self.block_size, hessian)
+        return METHODS[self.method](w, self.bits, self.block_size, None)
+
+    def table_bits(self, vocab: int, hidden: int) -> int:
+        """Bits one stored vocabulary table takes (symmetric: no zero points)."""
+        t = self.table
+        return mixed.stored_bits(vocab, hidden, t.bits, t.block_size, False)
 
     def quantize(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Symmetric (packed, scales) for table rows: round to nearest for method rtn (today's bytes),
@@ -125,9 +147,13 @@ class QuantConfig:
 
     def to_json(self) -> dict:
         """The manifest's fields (the table's settings go in its tied_embeddings note)."""
-        return {"method": self.method, "bits": self.bits, "block_size": self.block_size,
-                "accuracy_level": self.accuracy_level}
+        out: dict = {"method": self.method, "bits": self.bits, "block_size": self.block_size,
+                     "accuracy_level": self.accuracy_level}
+        if self.bits_budget:
+            out["bits_budget"] = self.bits_budget
+            out["overrides"] = {name: {"bits": 8, "block_size": block} for name, block in self.int8}
+        return out
 
 
-__all__ = ["CALIBRATED", "DEFAULT_ENCODER", "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES", "HEADS", "METHODS",
-           "QuantConfig", "QuantizedWeight", "Quantizer"]
+__all__ = ["CALIBRATED", "DEFAULT_BITS_BUDGET", "DEFAULT_ENCODER", "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES",
+           "HEADS", "METHODS", "QuantConfig", "QuantizedWeight", "Quantizer"]

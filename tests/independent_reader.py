@@ -43,6 +43,12 @@ class Reader:
                     raise Refused(f"{path}: missing")
                 node = node[key]
         self.m = m
+        # linears stored otherwise than quantization.bits/block_size (mixed precision): informative
+        self.overrides = m.get("quantization", {}).get("overrides") or {}
+        fields = ("bits", "block_size")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(v, dict) and all(type(v.get(k)) is int for k in fields) for v in self.overrides.values()):
+            raise Refused("quantization.overrides: wrong type")
         for name, entry in m["files"].items():
             path = inside(self.root, name)
             if not path.is_file() or path.stat().st_size != entry["size"]:
