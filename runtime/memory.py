@@ -23,10 +23,16 @@ def rss() -> dict[str, int] | None:
     return out if len(out) == len(fields) else None
 
 
-def file_mappings(folder: Path) -> dict[tuple[int, int], int]:
-    """{(start, end): anonymous bytes} of this process's mappings of files under `folder`."""
+def file_mappings(folder: Path) -> set[tuple[int, int]]:
+    """(start, end) of this process's mappings of files under `folder` (from /proc/self/maps: cheap)."""
+    return set(_mappings("maps", folder))
+
+
+def _mappings(source: str, folder: Path) -> dict[tuple[int, int], int]:
+    """{(start, end): anonymous bytes} of the mappings of files under `folder`, from /proc/self/`source`
+    ("smaps" gives the anonymous bytes, a page-table walk; "maps" gives 0 for each, quickly)."""
     try:
-        text = Path("/proc/self/smaps").read_text()
+        text = Path(f"/proc/self/{source}").read_text()
     except OSError:
         return {}
     prefix = str(Path(folder).resolve()) + "/"
@@ -35,12 +41,14 @@ def file_mappings(folder: Path) -> dict[tuple[int, int], int]:
     for line in text.splitlines():
         if m := _MAPPING.match(line):
             current = (int(m[1], 16), int(m[2], 16)) if m[3].startswith(prefix) else None
+            if current is not None:
+                out[current] = 0 if source == "maps" else -1   # -1: not yet known, never released
         elif current is not None and line.startswith("Anonymous:"):
             out[current] = int(line.split()[1]) * 1024
     return out
 
 
-def release_load_pages(folder: Path, before: dict[tuple[int, int], int]) -> int:
+def release_load_pages(folder: Path, before: set[tuple[int, int]]) -> int:
     """Drop from RSS the pages of the files under `folder` that onnxruntime mapped since `before`
     (a `file_mappings` snapshot) and never wrote: the page cache keeps them, and a later read
     faults them back in unchanged. Returns the bytes of mappings released.
@@ -55,7 +63,7 @@ def release_load_pages(folder: Path, before: dict[tuple[int, int], int]) -> int:
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = 0
-    for (start, end), anonymous in file_mappings(folder).items():
+    for (start, end), anonymous in _mappings("smaps", folder).items():
         # a mapping with private (written) pages would lose them: left alone
         if (start, end) not in before and anonymous == 0 and madvise(start, end - start, _MADV_DONTNEED) == 0:
             released += end - start
