@@ -177,8 +177,8 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
     if accelerators and (problem := _assignment(kind, session, accelerators)):
         warnings.warn(problem, ProviderFallbackWarning, stacklevel=2)
     # The weight-file pages that only prepacking read leave RSS: the 32-layer Phi-4-mini decoder held
-    # 3.58 GiB after load (1.54x its 2.50 GB of weights), now 2.85 GiB (1.22x); bench/RESULTS.md,
-    # "Load memory (issue 21)", has the A/B decode check and what the remaining 1.22x is.
+    # 3.58 GiB after load (1.54x its 2.50 GB of weights), now 2.85 GiB (1.23x); bench/RESULTS.md,
+    # "Load memory (issue 21)", has the A/B decode check and what the remaining 1.23x is.
     release_load_pages(bundle.path, mapped_before)
     return session
 
