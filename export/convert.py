@@ -175,6 +175,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
         raise CheckpointError(f"--adapter-precision {adapter_precision!r}: choose {' or '.join(PRECISIONS)}")
     if graph_format not in ("onnx", "ort"):
         raise CheckpointError(f"--format {graph_format!r}: choose onnx or ort")
+    if webgpu and graph_precision(adapter_precision) == "int8":
+        raise CheckpointError(f"--adapter-precision {adapter_precision} has no WebGPU form (its int8 LoRA inputs run "
+                              "DynamicQuantizeMatMul); choose fp32 or fp16")
     src = read_source(model_dir, adapters)
     quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size,
                          bits_budget)

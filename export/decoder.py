@@ -54,8 +54,6 @@ def kv_names(layer: int) -> tuple[str, str, str, str]:
 class DecoderBuilder:
     def __init__(self, g: Graph, cfg: DecoderConfig, weights: Phi3Weights, options: DecoderOptions):
         self.g, self.cfg, self.w, self.opt = g, cfg, weights, options
-        if options.webgpu and options.lora == "int8":
-            raise CheckpointError("--adapter-precision int8 has no WebGPU form (DynamicQuantizeMatMul); choose fp32 or fp16")
         if options.webgpu and cfg.sliding_window and cfg.sliding_window < cfg.max_position:
             raise CheckpointError(f"sliding_window {cfg.sliding_window}: the WebGPU form has no sliding-window attention")
 

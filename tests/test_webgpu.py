@@ -121,9 +121,10 @@ def test_webgpu_form_graph(work):
     assert WEBGPU_DECODER not in (bundles["cpu-form-int4"] / "manifest.json").read_text()
 
 
-def test_int8_lora_has_no_webgpu_form(tmp_path):
-    with pytest.raises(CheckpointError, match="int8 has no WebGPU form"):
-        export_model(EMBEDDED / "checkpoint", tmp_path / "b", adapter_precision="int8", webgpu=True, show_progress=False)
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_int8_lora_has_no_webgpu_form(tmp_path, precision):
+    with pytest.raises(CheckpointError, match=f"--adapter-precision {precision} has no WebGPU form"):
+        export_model(EMBEDDED / "checkpoint", tmp_path / "b", adapter_precision=precision, webgpu=True, show_progress=False)
     assert not (tmp_path / "b").exists()
 
 
