@@ -1,4 +1,4 @@
-"""The decoder's WebGPU form (`DecoderOptions(webgpu=True)`, `phi4edge export --webgpu`): the same
+"""The decoder's WebGPU form (`DecoderOptions(webgpu=True)`, `phi4edge export --target webgpu`): the same
 model as the CPU graph, written so that onnxruntime's WebGPU EP, native and in onnxruntime-web,
 computes it right. What differs, and why (measured on SwiftShader's WebGPU adapter, docs/webgpu.md):
 
