@@ -46,7 +46,7 @@ def short(provider: str) -> str:
 
 def qnn_installed() -> bool:
     """Whether the onnxruntime-qnn plugin (the `onnxruntime_qnn` module) is importable."""
-    return importlib.util.find_spec("onnxruntime_qnn") is not None
+    return QNN in plugins()
 
 
 def qnn_version() -> str | None:
