@@ -59,17 +59,18 @@ def all_positions_session(bundle: Path, threads: int | None) -> ort.InferenceSes
     """The bundle's decoder with logits for every position (a copy of the graph; weights shared)."""
     model = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False)
     g = model.graph
-    last = next(n for n in g.node if n.op_type == "Slice" and "last_start" in n.input)
-    for node in g.node:
-        node.input[:] = [last.input[0] if i == last.output[0] else i for i in node.input]
-    g.node.remove(last)
-    logits = next(o for o in g.output if o.name == "logits")
-    logits.type.tensor_type.shape.dim[1].dim_param = "seq"
     opts = ort.SessionOptions()
     opts.log_severity_level = 3   # the bypassed Slice leaves unused constants: not worth a warning
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(bundle.resolve()))
     if threads:
         opts.intra_op_num_threads = threads
+    last = next((n for n in g.node if n.op_type == "Slice" and "last_start" in n.input), None)
+    if last is not None:   # else the graph takes logits_to_keep, which window_logits feeds
+        for node in g.node:
+            node.input[:] = [last.input[0] if i == last.output[0] else i for i in node.input]
+        g.node.remove(last)
+        logits = next(o for o in g.output if o.name == "logits")
+        logits.type.tensor_type.shape.dim[1].dim_param = "seq"
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -79,6 +80,8 @@ def window_logits(sess: ort.InferenceSession, ids: np.ndarray) -> np.ndarray:
     for i in sess.get_inputs():
         if i.name.startswith("past_key_values."):
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    if "logits_to_keep" in {i.name for i in sess.get_overridable_initializers()}:
+        feeds["logits_to_keep"] = np.array([len(ids)], np.int64)
     out = sess.run(["logits"], feeds)[0]
     return out.reshape(len(ids), -1)
 

@@ -8,8 +8,9 @@ Graph interface (onnxruntime-genai's naming, so its runtime can drive our graphs
   inputs   input_ids [batch, seq] int64 (or inputs_embeds [batch, seq, hidden] float),
            attention_mask [batch, total] int64,
            past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim]
-  outputs  logits [batch, 1, vocab] (last position only: prefill never pays the 200K-vocab head for
-           every prompt token), present.{i}.key / .value
+           logits_to_keep [1] int64, default 1 (not in the WebGPU form)
+  outputs  logits [batch * logits_to_keep, 1, vocab] (the last positions only: prefill never pays
+           the 200K-vocab head for every prompt token), present.{i}.key / .value
 """
 from __future__ import annotations
 
@@ -241,8 +242,21 @@ class DecoderBuilder:
                                      [f"layers.{i}.mlp_norm", "", "", f"layers.{i}.mlp_residual"],
                                      domain=MS, epsilon=cfg.rms_norm_eps)
             progress(i)
-        x = g.op("Slice", [x, g.const("last_start", np.array([-1])), g.const("last_end", np.array([np.iinfo(np.int64).max])),
-                           g.const("seq_axis", np.array([1]))])
         head = embed_table if w.lm_head_key is None else self.vocab_weight("lm_head", w.lm_head_key)
-        self.lm_head(x, head)
-        g.output(DecoderNames.LOGITS, FLOAT, ["batch", 1, cfg.vocab_size])
+        self.lm_head(self.last_rows(x), head)
+        g.output(DecoderNames.LOGITS, FLOAT, ["rows", 1, cfg.vocab_size])
+
+    def last_rows(self, x: str) -> str:
+        """The rows that get logits: the last position (a prefill never pays the 200K-vocab head for
+        every prompt token), or the last `logits_to_keep` (an input, default 1) moved to the first
+        axis, [batch * k, 1, hidden]: prompt lookup checks k - 1 drafted tokens in one call, and the
+        output keeps the [., 1, vocab] shape onnxruntime-genai sizes its buffer from (with a
+        symbolic middle axis it expects a row per input token; its run failed so). The WebGPU
+        form keeps the constant (onnxruntime-web cannot feed initializer-backed inputs)."""
+        g, end = self.g, self.g.const("last_end", np.array([np.iinfo(np.int64).max]))
+        if self.opt.webgpu:
+            return g.op("Slice", [x, g.const("last_start", np.array([-1])), end, g.const("seq_axis", np.array([1]))])
+        keep = g.input(DecoderNames.LOGITS_TO_KEEP, TensorProto.INT64, [1])
+        g.const(keep, np.array([1], np.int64))
+        rows = g.op("Slice", [x, g.op("Neg", [keep], name="logits_start"), end, g.const("seq_axis", np.array([1]))])
+        return g.op("Reshape", [rows, g.const("rows_shape", np.array([-1, 1, self.cfg.hidden_size]))])

@@ -41,6 +41,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+PROMPT_LOOKUP = click.option(
+    "--prompt-lookup", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+    help="Draft up to N tokens per step from the prompt and answer so far, checked in one decoder call "
+         "(greedy answers only, unchanged; faster on copy-heavy answers). 0: off.")
 REQUIRE_PROVIDER = click.option(
     "--require-provider", is_flag=True,
     help="Refuse to run a graph the requested --provider does not take whole, instead of letting the CPU run the rest.")
@@ -188,11 +192,12 @@ def mobile(bundle: str, out_dir: str, force: bool) -> None:
               help="An audio file (wav/flac/ogg, any rate) for <|audio_N|> in the prompt (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text, ids, timings) instead of streaming.")
 @click.option("--verify", is_flag=True, help="Check every file's sha256 before loading (sizes are always checked).")
+@PROMPT_LOOKUP
 @friendly_errors
 def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_chat_template: bool,
         max_new_tokens: int, temperature: float | None, top_k: int, top_p: float, seed: int | None,
         threads: int | None, providers: tuple[str, ...], require_provider: bool, adapter: str | None,
-        images: tuple[str, ...], audios: tuple[str, ...], as_json: bool, verify: bool) -> None:
+        images: tuple[str, ...], audios: tuple[str, ...], as_json: bool, verify: bool, prompt_lookup: int) -> None:
     """Generate an answer to one prompt."""
     from . import load
     from .runtime.sampling import SamplingParams
@@ -214,13 +219,16 @@ def run(bundle: str, prompt: str | None, prompt_file, system: str | None, no_cha
     assert prompt is not None
     result = model.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling,
                             chat_template=not no_chat_template, system=system, adapter=adapter,
-                            images=list(images), audios=list(audios), on_text=None if as_json else on_text)
+                            images=list(images), audios=list(audios), on_text=None if as_json else on_text,
+                            prompt_lookup=prompt_lookup)
     if as_json:   # with the nodes each execution provider runs, by graph
         click.echo(json.dumps(result.to_json() | {"nodes": model.node_counts()}))
     else:
         click.echo()
         t = result.timings
         speed = f", {t['decode_tokens_per_s']:.1f} tok/s" if t.get("decode_tokens_per_s") else ""
+        if t.get("drafted_tokens"):
+            speed += f", {t['accepted_tokens']} of {t['drafted_tokens']} drafted tokens accepted"
         from .providers import QNN, SIMULATED
         simulated = SIMULATED and any(QNN in n for n in model.node_counts().values())
         where = " on QNN's HTP simulator, not a phone" if simulated else ""
@@ -239,6 +247,7 @@ def _engine_options(fn):
                      help="Answer length when a request names none."),
         click.option("--temperature", type=click.FloatRange(min=0, max=2), default=0.0, show_default=True,
                      help="Sampling temperature when a request names none (0: greedy, as 'run')."),
+        PROMPT_LOOKUP,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -264,7 +273,7 @@ def _engine_options(fn):
 @friendly_errors
 def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int, timeout: float, queue_timeout: float,
           max_body_mb: float, allow_local_files: bool, threads: int | None, providers: tuple[str, ...], max_context: int | None,
-          max_tokens: int, temperature: float) -> None:
+          max_tokens: int, temperature: float, prompt_lookup: int) -> None:
     """Serve a bundle over an OpenAI-compatible HTTP API (needs: pip install 'phi4edge[serve]')."""
     try:
         from .runtime.serve.app import ServerSettings
@@ -278,7 +287,7 @@ def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int
     limits = Limits(max_tokens=max_tokens, temperature=temperature, allow_local_files=allow_local_files)
     settings = ServerSettings(host, port, api_key, max_queue, timeout, queue_timeout, int(max_body_mb * 2 ** 20),
                               limits=limits)
-    run_server(load_engine(bundle, threads, list(providers), max_context), settings)
+    run_server(load_engine(bundle, threads, list(providers), max_context, prompt_lookup), settings)
 
 
 @main.command()
@@ -288,12 +297,12 @@ def serve(bundle: str, host: str, port: int, api_key: str | None, max_queue: int
 @_engine_options
 @friendly_errors
 def chat(bundle: str, system: str | None, adapter: str | None, threads: int | None, providers: tuple[str, ...],
-         max_context: int | None, max_tokens: int, temperature: float) -> None:
+         max_context: int | None, max_tokens: int, temperature: float, prompt_lookup: int) -> None:
     """Chat with a bundle in the terminal (/help lists the commands; Ctrl-C stops an answer)."""
     from .runtime.sampling import SamplingParams
     from .runtime.serve.chat import Chat
     from .runtime.serve.engine import load_engine
-    engine = load_engine(bundle, threads, list(providers), max_context)
+    engine = load_engine(bundle, threads, list(providers), max_context, prompt_lookup)
     Chat(engine, system=system, adapter=adapter, max_tokens=max_tokens,
          sampling=SamplingParams(temperature=temperature)).loop()
 

@@ -59,7 +59,8 @@ class DecoderNames:
 
     INPUT_IDS = "input_ids"              # int64 [1, seq]
     ATTENTION_MASK = "attention_mask"    # int64 [1, past + seq], all ones
-    LOGITS = "logits"                    # float32 [1, 1, vocab]: the last position only
+    LOGITS = "logits"                    # float32 [k, 1, vocab]: the last k = logits_to_keep positions
+    LOGITS_TO_KEEP = "logits_to_keep"    # int64 [1], default 1 (CPU form only): positions that get logits
 
     @staticmethod
     def past(layer: int, kind: str) -> str:

@@ -17,6 +17,7 @@ from ..providers import node_counts
 from .audio import SAMPLE_RATE, AudioSettings, PreparedAudio, load_audio, log_mel, num_audio_tokens
 from .image import ImageSettings, PreparedImage, load_image, preprocess
 from .prompt_cache import CachedPrefix, digest, position_keys
+from .prompt_lookup import PromptLookup
 from .sampling import Sampler, SamplingParams
 from .speech import SpeechEncoder
 from .static import open_decoder
@@ -220,8 +221,10 @@ class Model:
         return ids
 
     def _logits(self, ids: np.ndarray, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        logits = self.decoder.forward(ids, media)
-        if not np.isfinite(logits.max()):   # one pass over the row: NaN or +inf anywhere shows here
+        return self._finite(self.decoder.forward(ids, media))
+
+    def _finite(self, logits: np.ndarray) -> np.ndarray:
+        if not np.isfinite(logits.max()):   # one pass over the rows: NaN or +inf anywhere shows here
             raise BundleError(f"{self.bundle.path}: the decoder produced non-finite logits; its weights are "
                               "corrupt or the graph is broken (check with 'phi4edge inspect')")
         return logits
@@ -234,6 +237,31 @@ class Model:
             return self._logits(np.asarray(sequence, np.int64), media)
         return self._logits(last)
 
+    def _step(self, sequence: list[int], generated: list[int], sample: Sampler, media: dict[str, np.ndarray] | None,
+              processor: LogitsProcessor | None, lookup: PromptLookup | None,
+              budget: int) -> list[tuple[int, np.ndarray]]:
+        """The next (token, logits row) pairs after feeding sequence[-1]: one, or with prompt lookup
+        the drafted tokens the model agrees with and the token after them."""
+        last = np.asarray(sequence[-1:], np.int64)
+        room = budget - len(generated) - 1   # drafts beyond the budget would never be answered
+        length = self.decoder.length
+        if self.rope_switch is not None and length <= self.rope_switch:
+            room = min(room, self.rope_switch - length - 1)   # every checked row before the LongRoPE switch
+        drafts = lookup.draft(room) if lookup and self.decoder.rows_logits and room > 0 else None
+        if lookup is None or drafts is None or not drafts.size:
+            logits = self._advance(last, sequence, media)
+            return [(sample(processor(generated, logits) if processor else logits), logits)]
+        rows = self._finite(self.decoder.forward_rows(np.concatenate([last, drafts])))
+        steps = []
+        for i, row in enumerate(rows):
+            token = int(np.argmax(row))
+            steps.append((token, row))
+            if i == len(drafts) or token != drafts[i]:
+                break
+        lookup.update(len(drafts), len(steps) - 1)
+        self.decoder.length = length + len(steps)   # rows after the first miss hold rejected drafts' keys
+        return steps
+
     def _budget(self, n: int, max_new_tokens: int) -> int:
         if n >= self.context_length:
             raise RequestError(f"the prompt is {n} tokens; this model's context is {self.context_length} "
@@ -242,7 +270,8 @@ class Model:
 
     def _tokens(self, prompt: np.ndarray, budget: int, sampling: SamplingParams, timings: dict,
                 adapter: str | None, media: Inputs, stop: set[int], logprobs: bool,
-                processor: LogitsProcessor | None = None) -> Generator[tuple[int, float | None], None, None]:
+                processor: LogitsProcessor | None = None,
+                prompt_lookup: int = 0) -> Generator[tuple[int, float | None], None, None]:
         """(token id, log-probability) pairs, the end token included (as transformers does).
         Prefills prompt[media.keep:] after the cached prefix; self.cached says what the KV cache
         holds whenever this stops (finished, closed or failed)."""
@@ -255,24 +284,33 @@ class Model:
         start = time.perf_counter()
         sequence = prompt.tolist()
         generated: list[int] = []
+        # drafts are checked by argmax: greedy requests only, and only without a logits processor
+        lookup = PromptLookup(prompt, n + budget, prompt_lookup, self.bundle.manifest.decoder.media.values()) \
+            if prompt_lookup and sampling.temperature == 0 and processor is None else None
         try:
             logits = self._logits(prompt[keep:], media.fed)
-            token = np.zeros(1, np.int64)
-            token[0] = sample(processor(generated, logits) if processor else logits)
+            steps = [(sample(processor(generated, logits) if processor else logits), logits)]
             first = time.perf_counter()
             timings.update(prefill_ms=(first - start) * 1e3, prompt_tokens=n, cached_tokens=keep)
-            while True:
-                generated.append(int(token[0]))
-                sequence.append(int(token[0]))
-                yield int(token[0]), logprob(logits, int(token[0])) if logprobs else None
-                if int(token[0]) in stop or len(generated) >= budget:
-                    break
-                logits = self._advance(token, sequence, media.all)
-                token[0] = sample(processor(generated, logits) if processor else logits)
+            done = False
+            while not done:
+                for token, row in steps:   # rows are views into the decoder's outputs: read before the next call
+                    generated.append(token)
+                    sequence.append(token)
+                    if lookup:
+                        lookup.append(token)
+                    yield token, logprob(row, token) if logprobs else None
+                    done = token in stop or len(generated) >= budget
+                    if done:
+                        break
+                if not done:
+                    steps = self._step(sequence, generated, sample, media.all, processor, lookup, budget)
             decode_s = time.perf_counter() - first
             timings.update(decode_tokens=len(generated) - 1,
                            decode_tokens_per_s=(len(generated) - 1) / decode_s if len(generated) > 1 and decode_s > 0
                            else None)
+            if lookup:
+                timings.update(drafted_tokens=lookup.drafted, accepted_tokens=lookup.accepted)
         finally:
             held = self.decoder.length   # positions < length are valid even after a failed step
             keys = media.keys + generated if media.keys is not None else None
@@ -304,7 +342,7 @@ class Model:
                images: Sequence = (), audios: Sequence = (), stop_token_ids: set[int] | None = None,
                request: dict | None = None, logprobs: bool = True, reuse_prefix: bool = False,
                logits_processor: LogitsProcessor | None = None,
-               messages: list[dict] | None = None) -> Generator[Step, None, None]:
+               messages: list[dict] | None = None, prompt_lookup: int = 0) -> Generator[Step, None, None]:
         """Answer one prompt step by step (see `generate` for the arguments). `stop_token_ids`
         replaces the bundle's end ids (an empty set: run to max_new_tokens). `request`, if given, is
         filled with prompt_token_ids, adapter and timings (prompt_tokens, cached_tokens: how many of
@@ -314,12 +352,16 @@ class Model:
         cache already holds from the previous request where this prompt starts with them (same
         adapter; images and audio identified by content) and prefill only the rest; the answer is
         the one a fresh prefill gives. `logits_processor(generated ids, logits)` returns the logits
-        to sample from (constrained decoding); log-probabilities stay the model's. Holds the
-        model's lock until the stream ends or is closed."""
+        to sample from (constrained decoding); log-probabilities stay the model's. `prompt_lookup`:
+        draft up to that many tokens per step from the sequence itself and check them in one decoder
+        call (runtime/prompt_lookup.py); greedy requests without a logits processor only, the answer
+        unchanged; timings then count drafted_tokens and accepted_tokens. Holds the model's lock
+        until the stream ends or is closed."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(sampling, SamplingParams):
             raise RequestError(f"sampling must be SamplingParams, not {type(sampling).__name__}")
+        self.check_prompt_lookup(prompt_lookup)
         stop = self.eos_token_ids if stop_token_ids is None else set(stop_token_ids)
         info = request if request is not None else {}
         with self.lock:
@@ -330,7 +372,7 @@ class Model:
             text = self.tokenizer.stream()
             pending = None
             tokens = self._tokens(ids, self._budget(len(ids), max_new_tokens), sampling, timings, adapter, media, stop,
-                                  logprobs, logits_processor)
+                                  logprobs, logits_processor, prompt_lookup)
             try:
                 for token, lp in tokens:
                     if pending is not None:
@@ -341,6 +383,14 @@ class Model:
             if pending is not None:
                 yield Step(pending.token_id, pending.text, pending.logprob,
                            "stop" if pending.token_id in stop else "length")
+
+    def check_prompt_lookup(self, tokens: int) -> None:
+        """Refuse a prompt_lookup setting this model cannot run (see `stream`)."""
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise RequestError(f"prompt_lookup must be a non-negative integer, got {tokens!r}")
+        if tokens and not self.decoder.rows_logits:
+            raise BundleError(f"{self.bundle.path}: its decoder returns the last position's logits only; re-export "
+                              "it with this phi4edge (CPU form) for prompt-lookup decoding")
 
     def _prepare(self, prompt, chat_template: bool, system: str | None, adapter: str | None, images: list,
                  audios: list, messages: list[dict] | None, reuse: bool, max_new_tokens: int,
@@ -420,16 +470,17 @@ class Model:
     def generate(self, prompt: str | list[int], max_new_tokens: int = 256, sampling: SamplingParams = SamplingParams(),
                  chat_template: bool = True, system: str | None = None, adapter: str | None = None,
                  images: Sequence = (), audios: Sequence = (), on_text: Callable[[str], None] | None = None,
-                 stop_token_ids: set[int] | None = None) -> GenerationResult:
+                 stop_token_ids: set[int] | None = None, prompt_lookup: int = 0) -> GenerationResult:
         """Answer one prompt. `images` (paths, bytes, PIL images) and `audios` (paths, bytes, 16 kHz
         waveforms) go where the prompt says `<|image_1|>`, `<|audio_1|>`, ... (or before the text).
         Routing, unless `adapter` names one (or is NO_ADAPTER, "none": the base model): images ->
         the `vision` adapter (audio then through the vision_speech projection); audio alone -> the
-        `speech` adapter; text -> none. Text is never parsed for control tokens: pass ids for that."""
+        `speech` adapter; text -> none. Text is never parsed for control tokens: pass ids for that.
+        `prompt_lookup`: see `stream`."""
         request: dict = {}
         steps = []
         for step in self.stream(prompt, max_new_tokens, sampling, chat_template, system, adapter, images, audios,
-                                stop_token_ids, request, logprobs=False):
+                                stop_token_ids, request, logprobs=False, prompt_lookup=prompt_lookup):
             steps.append(step)
             if on_text is not None and step.text:
                 on_text(step.text)

@@ -219,6 +219,8 @@ def qnn_context(bundle: Bundle, kind: str) -> str | None:
 
 
 class DecoderSession:
+    rows_logits = False   # forward_rows works: the graph takes logits_to_keep (CPU-form bundles)
+
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         cfg = bundle.manifest.model.config
         self.num_layers, self.vocab_size = cfg.num_layers, cfg.vocab_size
@@ -228,6 +230,9 @@ class DecoderSession:
         self.binding = self.session.io_binding()
         self.logits = np.zeros((1, 1, self.vocab_size), np.float32)
         self.binding.bind_output(DecoderNames.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        self.rows_logits = DecoderNames.LOGITS_TO_KEEP in {i.name for i in self.session.get_overridable_initializers()}
+        self.rows_bound = 1   # logits rows the binding holds now (forward_rows rebinds, forward binds back)
+        self._spare = np.zeros((0, 1, self.vocab_size), np.float32)   # forward_rows' logits, grown as needed
         self.capacity = 0
         self.length = 0   # tokens already in the KV cache
         self.adapters = AdapterSet(bundle, self.session)
@@ -282,6 +287,31 @@ class DecoderSession:
     def forward(self, ids: np.ndarray, media: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Run `ids` ([n] int64, contiguous) after the cached tokens; returns last-position logits.
         `media` holds features for the image/audio placeholder ids among them."""
+        if self.rows_bound != 1:
+            self._bind_rows(1, self.logits)
+        return self._run(ids, media)[0, 0]
+
+    def forward_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Run text `ids` ([n] int64) after the cached tokens; returns the logits of all n rows
+        ([n, vocab]), for checking drafted tokens in one call (needs `rows_logits`)."""
+        n = ids.shape[0]
+        if not self.rows_logits:
+            raise BundleError("this decoder graph returns the last position's logits only (no 'logits_to_keep' "
+                              "input); re-export the bundle with this phi4edge for prompt-lookup decoding")
+        if self.rows_bound != n:
+            if len(self._spare) < n:
+                self._spare = np.zeros((n, 1, self.vocab_size), np.float32)
+            self._bind_rows(n, self._spare[:n])
+        return self._run(ids, None)[:, 0]
+
+    def _bind_rows(self, n: int, out: np.ndarray) -> None:
+        self._rows = (np.array([n], np.int64), out)   # the binding only points into these arrays: keep them alive
+        self.binding.bind_ortvalue_input(DecoderNames.LOGITS_TO_KEEP, ort.OrtValue.ortvalue_from_numpy(self._rows[0]))
+        self.binding.bind_output(DecoderNames.LOGITS, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self.rows_bound = n
+
+    def _run(self, ids: np.ndarray, media: dict[str, np.ndarray] | None) -> np.ndarray:
+        """Run the bound graph on `ids`; returns the bound logits array [rows, 1, vocab]."""
         self.bind_media(media)
         n = ids.shape[0]
         total = self.length + n
@@ -291,4 +321,4 @@ class DecoderSession:
         self.binding.bind_input(DecoderNames.ATTENTION_MASK, "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
         self.session.run_with_iobinding(self.binding)
         self.length = total
-        return self.logits[0, 0]
+        return self._rows[1] if self.rows_bound != 1 else self.logits

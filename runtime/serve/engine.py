@@ -80,8 +80,10 @@ class StopText:
 class Engine:
     """A model and what every turn shares: the grammar compiler and the context cap."""
 
-    def __init__(self, model: Model, max_context: int | None = None):
+    def __init__(self, model: Model, max_context: int | None = None, prompt_lookup: int = 0):
         self.model = model
+        self.prompt_lookup = prompt_lookup   # drafts per step for greedy turns (Model.stream)
+        model.check_prompt_lookup(prompt_lookup)   # refused at start, not at the first greedy turn
         if max_context:   # a cap bounds the KV cache's memory (it grows with the conversation)
             model.context_length = min(model.context_length, max_context)
         self.grammars = Grammars(model.bundle.file(TOKENIZER), model.bundle.manifest.model.config.vocab_size,
@@ -93,7 +95,8 @@ class Engine:
         info: dict = {}
         stream = self.model.stream(None, turn.max_tokens, turn.sampling, adapter=turn.adapter, images=turn.images,
                                    audios=turn.audios, request=info, logprobs=False, reuse_prefix=True,
-                                   logits_processor=turn.constraint, messages=turn.messages)
+                                   logits_processor=turn.constraint, messages=turn.messages,
+                                   prompt_lookup=self.prompt_lookup)
         stops = StopText(turn.stop)
         finish, count, stopped_by = "length", 0, None
         try:
@@ -119,6 +122,6 @@ class Engine:
 
 
 def load_engine(bundle: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                max_context: int | None = None) -> Engine:
+                max_context: int | None = None, prompt_lookup: int = 0) -> Engine:
     """Load a bundle for serving or chatting."""
-    return Engine(Model(bundle, threads, providers), max_context)
+    return Engine(Model(bundle, threads, providers), max_context, prompt_lookup)
