@@ -61,7 +61,7 @@ def tasks(model, sizes: list[int], rounds: int, max_new: int) -> None:
         return once
 
     res = interleaved({(name, k): run(name, k) for name in TASKS for k in sizes}, rounds)
-    print(f"| task | drafts | tokens | tok/s | vs plain | drafts kept | first difference |")
+    print("| task | drafts | tokens | tok/s | vs plain | drafts kept | first difference |")
     print("|---|---|---|---|---|---|---|")
     for (name, k), speeds in res.items():
         base = res[name, sizes[0]]
