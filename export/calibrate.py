@@ -53,6 +53,8 @@ class Calibration:
             self.x[hit] = rows[ids[hit] - lo]
         self.layer = -1
         self.hessians: dict[str, np.ndarray] = {}
+        self.ids, self.moments = ids, True
+        self._head: np.ndarray | None = None
 
     def hessian(self, name: str) -> np.ndarray | None:
         """H for the named decoder linear, or None for any other weight."""
@@ -64,8 +66,22 @@ class Calibration:
             self._advance()
         return self.hessians.get(m.group(2)) if self.layer == layer else None
 
-    @staticmethod
-    def _moment(x: np.ndarray) -> np.ndarray:
+    def head_importance(self) -> np.ndarray:
+        """Mean squares [hidden] of the LM head's inputs (the final norm's output) on the calibration
+        text: the table is written before the layers, so a pass of its own over every layer (no
+        Hessians kept), computed once."""
+        if self._head is None:
+            probe = Calibration(self.cfg, self.w, self.ids)
+            probe.moments = False
+            while probe.layer < self.cfg.num_layers:
+                probe._advance()
+            h = rms_norm(probe.x, self.w.norm(None), self.cfg.rms_norm_eps)
+            self._head = (h * h).reshape(-1, h.shape[-1]).mean(0)
+        return self._head
+
+    def _moment(self, x: np.ndarray) -> np.ndarray:
+        if not self.moments:
+            return np.empty((0, 0), np.float32)
         flat = x.reshape(-1, x.shape[-1])
         return (flat.T @ flat) / len(flat)
 
@@ -124,6 +140,6 @@ def mixed_plan(cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray, quant:
                 assert hessian is not None   # every decoder linear has one
                 yield name, weights.linear(i, module), hessian
     tables = 1 if cfg.tie_word_embeddings else 2
-    return mixed.plan(linears(), quant.estimate, quant.block_size, quant.method != "rtn",  # rtn: symmetric
+    return mixed.plan(linears(), quant.estimate, quant.block_size, quant.zero_points,
                       tables * quant.table_bits(cfg.vocab_size, cfg.hidden_size), tables * cfg.vocab_size * cfg.hidden_size,
                       quant.bits_budget)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import Phi4EdgeError
-from . import gptq, hqq, int4, mixed
+from . import gptq, hqq, imatrix, int4, mixed
 from .blocks import QuantizedWeight, symmetric
 
 Quantizer = Callable[[np.ndarray, int, int, "np.ndarray | None"], QuantizedWeight]
@@ -31,8 +31,10 @@ METHODS: dict[str, Quantizer] = {
     "rtn": _rtn,            # round to nearest, symmetric
     "hqq": hqq.quantize,    # fitted scale and integer zero point per block, calibration-free
     "gptq": gptq.quantize,  # error feedback with calibration Hessians, grids fitted as hqq
+    "imatrix": imatrix.quantize,   # symmetric, scales searched against calibration-weighted error
 }
-CALIBRATED = {"gptq"}
+CALIBRATED = {"gptq", "imatrix"}
+ZERO_POINTS = {"hqq", "gptq"}   # methods whose blocks store integer zero points
 HEADS = ("int4", "int8")
 # What `phi4edge export` uses. Still round to nearest with an int4 head. Measured best within the issue's
 # 5.5 bits/weight: gptq, head block 16, bits_budget 5.5 (+17.5% perplexity on the permuted SmolLM2 against
@@ -96,9 +98,10 @@ class QuantConfig:
 
     @property
     def table(self) -> QuantConfig:
-        """Settings of the vocabulary table (symmetric: GatherBlockQuantized reads it without zero points)."""
+        """Settings of the vocabulary table (symmetric: GatherBlockQuantized reads it without zero points).
+        A calibrated method keeps the calibration: the table's scales are weighted by the LM head's inputs."""
         return replace(self, bits=8 if self.head == "int8" else 4, block_size=self.head_block_size or self.block_size,
-                       calibration=None, bits_budget=0.0, int8=())
+                       bits_budget=0.0, int8=())
 
     @property
     def encoders(self) -> QuantConfig | None:
@@ -120,10 +123,15 @@ class QuantConfig:
 
     def estimate(self, w: np.ndarray, hessian: np.ndarray) -> QuantizedWeight:
         """The int4 weight mixed precision measures sensitivity on: the method without GPTQ's error
-        feedback (gptq -> hqq weighted by the Hessian's diagonal)."""
-        if self.method in CALIBRATED:
+        feedback (gptq -> hqq weighted by the Hessian's diagonal; imatrix has none)."""
+        if self.method == "gptq":
             return hqq.quantize(w, self.bits, self.block_size, hessian)
-        return METHODS[self.method](w, self.bits, self.block_size, None)
+        return METHODS[self.method](w, self.bits, self.block_size, hessian if self.method in CALIBRATED else None)
+
+    @property
+    def zero_points(self) -> bool:
+        """Whether the linears' int4 blocks store zero points (counted by mixed precision's budget)."""
+        return self.method in ZERO_POINTS
 
     def table_bits(self, vocab: int, hidden: int) -> int:
         """Bits one stored vocabulary table takes (symmetric: no zero points)."""
@@ -131,10 +139,17 @@ class QuantConfig:
         return mixed.stored_bits(vocab, hidden, t.bits, t.block_size, False)
 
     def quantize(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Symmetric (packed, scales) for table rows: round to nearest for method rtn (today's bytes),
-        least-squares scales otherwise."""
-        q = _rtn(w, self.bits, self.block_size) if self.method == "rtn" else \
-            hqq.quantize_symmetric(w, self.bits, self.block_size)
+        """Symmetric (packed, scales) for table rows: round to nearest for method rtn (today's bytes); for a
+        calibrated method, imatrix's search weighted by the LM head's inputs on the calibration text
+        (every table, an untied embedding too: SmolLM2's int4 table b16 +20.1% -> +15.5% perplexity
+        on licenses, bench/RESULTS.md); least-squares scales otherwise."""
+        if self.method == "rtn":
+            q = _rtn(w, self.bits, self.block_size)
+        elif self.method in CALIBRATED and self.calibration is not None:
+            head = self.calibration.head_importance()  # type: ignore[attr-defined]
+            q = imatrix.quantize_rows(w, self.bits, self.block_size, head)
+        else:
+            q = hqq.quantize_symmetric(w, self.bits, self.block_size)
         return q.packed, q.scales
 
     def describe_table(self) -> str:
@@ -156,4 +171,4 @@ class QuantConfig:
 
 
 __all__ = ["CALIBRATED", "DEFAULT_BITS_BUDGET", "DEFAULT_ENCODER", "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES",
-           "HEADS", "METHODS", "QuantConfig", "QuantizedWeight", "Quantizer"]
+           "HEADS", "METHODS", "ZERO_POINTS", "QuantConfig", "QuantizedWeight", "Quantizer"]
