@@ -9,6 +9,7 @@ from phi4edge import load
 from phi4edge.errors import RequestError
 from phi4edge.runtime.prompt_lookup import PromptLookup
 from phi4edge.runtime.sampling import SamplingParams
+from phi4edge.runtime.serve.engine import Delta, Turn, load_engine
 
 from .checkpoints import load_reference
 from .compare import FP32_MARGIN, assert_greedy_matches, hf_greedy
@@ -108,3 +109,19 @@ def test_prompt_lookup_across_the_long_rope_switch(bundles):
     prompt = np.tile(np.random.default_rng(1).integers(10, 390, size=45), 91)[:4090].tolist()   # repeats: drafts
     n, timings = check(model, "fp32", prompt, 14, 5, chat_template=False, stop_token_ids=set())
     assert timings["accepted_tokens"] > 0 and n > 6
+
+
+def test_chat_engine_with_prompt_lookup(bundles):
+    """`serve`/`chat --prompt-lookup N`: greedy turns draft (the same answer), sampled turns do not."""
+    engine = load_engine(bundles["phi4mini", "fp32"], prompt_lookup=4)
+    plain = load_engine(bundles["phi4mini", "fp32"])
+    turn = Turn([{"role": "user", "content": PROMPTS[1]}], max_tokens=40)
+
+    def answer(e, t: Turn) -> tuple[str, dict]:
+        events = list(e.run(t))
+        return "".join(x.text for x in events if isinstance(x, Delta)), events[-1].timings
+
+    (text, timings), (expected, _) = answer(engine, turn), answer(plain, turn)
+    assert text == expected and "drafted_tokens" in timings   # the engine drafted (this answer is short)
+    sampled = Turn(turn.messages, max_tokens=20, sampling=SamplingParams(temperature=0.7, seed=1))
+    assert "drafted_tokens" not in answer(engine, sampled)[1]

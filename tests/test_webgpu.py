@@ -77,6 +77,8 @@ def test_runtime_runs_the_webgpu_form(work, precision):
     rewound, cached = turn(TEXT_PROMPT, reuse=True)   # shares "Count from three to" and is cut back to it
     assert 0 < cached < len(plain.encode(TEXT_PROMPT))
     assert rewound == turn(TEXT_PROMPT, reuse=False)[0] == cpu.generate(TEXT_PROMPT, 12).token_ids
+    with pytest.raises(BundleError, match="last position's logits only"):   # no logits_to_keep in this form
+        plain.generate(TEXT_PROMPT, 4, prompt_lookup=2)
 
 
 def test_independent_reader_runs_the_webgpu_form(work):
