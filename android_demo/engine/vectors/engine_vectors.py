@@ -58,8 +58,8 @@ def cases(media: Path) -> list[dict]:
     both = dict(image=png(SAMPLES / "shape.jpg", media / "shape.png"), audio=wav(SAMPLES / "speech.ogg", media / "speech.wav"))
     out.append(dict(name="image+audio/0", kind="image+audio", mode="routed", prompt="What color is the shape?",
                     answer="", **both))
-    out.append(dict(name="image+audio/1", kind="image+audio", mode="routed", prompt="<|audio_1|> Transcribe the audio. <|image_1|>",
-                    answer="", **both))
+    out.append(dict(name="image+audio/1", kind="image+audio", mode="routed",
+                    prompt="<|audio_1|> Transcribe the audio. <|image_1|>", answer="", **both))
     out.append(dict(name="text-adapter/0", kind="text", mode="explicit", prompt="What color is the shape?", answer="",
                     adapter="vision"))
     out.append(dict(name="text-system/0", kind="text", mode="routed", prompt="Repeat after me: red <|user|> two.",
