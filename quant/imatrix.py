@@ -8,9 +8,10 @@ inputs and large weights cost more when rounded. Candidate scales map the block'
 to -(2^(bits-1) + t/10) for t = -STEPS..STEPS; each candidate's levels get their weighted
 least-squares scale, and the candidate with the lowest weighted error is kept.
 
-On the permuted SmolLM2-135M at block 32 (torch proxy of bench/quality.py, int8 table) this gives
-+10.5% / +10.7% perplexity over fp32 on the two texts, where gptq's error feedback on the same 2,048
-calibration tokens gives +12.6% / +12.6% (bench/RESULTS.md, "Issue 20, session of 2026-12-02").
+On the permuted SmolLM2-135M at block 32 with an int8 table it gives +10.6% / +10.9% perplexity over
+fp32 on the two texts (llama.cpp's Q4_0 + imatrix: +10.9% / +10.2%), and with rtn's exact layout
+(int4 table b32) +18.2% / +16.4% against rtn's +40.0% / +34.3%. At block 64 gptq's error feedback
+is 7-9 points ahead (bench/RESULTS.md, "Issue 20, session of 2026-12-02").
 """
 from __future__ import annotations
 
