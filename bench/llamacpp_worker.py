@@ -1,15 +1,12 @@
-"""Runs inside llama-cpp-python's own venv, driven by bench/peer_llamacpp.py and bench/quality.py
-(no phi4edge import).
+"""Runs inside llama-cpp-python's own venv, driven by bench/quality.py, bench/quant_peers.py
+and bench/peers.py (no phi4edge import).
 
-    PY llamacpp_worker.py convert LLAMA_CPP_DIR CKPT OUT.gguf [--pure]   # HF -> bf16 GGUF -> Q4_0
+    PY llamacpp_worker.py convert LLAMA_CPP_DIR CKPT OUT.gguf TYPE [--pure]  # HF -> bf16 GGUF -> Q4_0 or Q4_K_M
     PY llamacpp_worker.py gguf LLAMA_CPP_DIR CKPT OUT.gguf OUTTYPE PRE    # HF -> GGUF of OUTTYPE (f32, f16, bf16)
-    PY llamacpp_worker.py serve MODEL.gguf THREADS                        # timings on request
     PY llamacpp_worker.py logits MODEL.gguf THREADS                       # every position's logits on request
 
 `gguf` needs only torch and transformers (any venv that has them): it runs the sdist's
-convert_hf_to_gguf.py with the BPE pre-tokenizer named PRE. `serve` reads one JSON request per line
-on stdin ({"decode": n, "prompt_len": p} or {"prefill": p}) and answers one JSON line; it idles on
-stdin, so interleaved rounds with phi4edge in the parent process do not compete for the cores.
+convert_hf_to_gguf.py with the BPE pre-tokenizer named PRE.
 `logits` reads {"ids": IN.npy, "out": OUT.npy} per line: the window of token ids IN.npy is evaluated
 from an empty KV cache (float32 K and V, as phi4edge's bundles keep them) and its [len, vocab]
 logits written to OUT.npy; it answers {"done": OUT.npy}.
@@ -19,7 +16,6 @@ from __future__ import annotations
 import json
 import runpy
 import sys
-import time
 from pathlib import Path
 
 
@@ -34,41 +30,17 @@ def to_gguf(llama_dir: str, checkpoint: str, out: str, outtype: str, pre: str) -
     runpy.run_path(str(Path(llama_dir) / "convert_hf_to_gguf.py"), run_name="__main__")
 
 
-def convert(llama_dir: str, checkpoint: str, out: str, pure: bool) -> None:
+def convert(llama_dir: str, checkpoint: str, out: str, ftype: str, pure: bool) -> None:
     bf16 = out + ".bf16"
     to_gguf(llama_dir, checkpoint, bf16, "bf16", "gpt-4o")   # Phi-4-mini's own pre-tokenizer
     import llama_cpp
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-    params.pure = pure   # pure: the tied embedding / LM head in Q4_0 too (default: Q6_K for it)
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.pure = pure   # pure: every matrix of TYPE, the tied embedding / LM head too (default: Q6_K for it)
     rc = llama_cpp.llama_model_quantize(bf16.encode(), out.encode(), params)
     if rc:
         raise SystemExit(f"llama_model_quantize failed ({rc})")
     Path(bf16).unlink()
-
-
-def serve(model: str, threads: int) -> None:
-    import numpy as np
-    from llama_cpp import Llama
-    llm = Llama(model_path=model, n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
-    prompt = lambda n: [int(i) for i in np.arange(n) % 97 + 10]   # same ids as phi4edge's benchmarks
-    print(json.dumps({"ready": True, "n_vocab": llm.n_vocab()}), flush=True)
-    for line in sys.stdin:
-        req = json.loads(line)
-        llm.reset()
-        if "prefill" in req:
-            start = time.perf_counter()
-            llm.eval(prompt(req["prefill"]))
-            print(json.dumps({"prefill_tokens_per_s": req["prefill"] / (time.perf_counter() - start)}), flush=True)
-            continue
-        llm.eval(prompt(req.get("prompt_len", 16)))
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))   # greedy, as phi4edge's decode benchmark
-        start = time.perf_counter()
-        for _ in range(req["decode"] - 1):
-            llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        print(json.dumps({"decode_tokens_per_s": (req["decode"] - 1) / (time.perf_counter() - start)}), flush=True)
 
 
 def logits(model: str, threads: int) -> None:
@@ -90,10 +62,8 @@ def logits(model: str, threads: int) -> None:
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "convert":
-        convert(sys.argv[2], sys.argv[3], sys.argv[4], "--pure" in sys.argv)
+        convert(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], "--pure" in sys.argv)
     elif cmd == "gguf":
         to_gguf(*sys.argv[2:7])
-    elif cmd == "logits":
-        logits(sys.argv[2], int(sys.argv[3]))
     else:
-        serve(sys.argv[2], int(sys.argv[3]))
+        logits(sys.argv[2], int(sys.argv[3]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -27,10 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-import onnxruntime_genai as og
-
 sys.path.insert(0, str(Path(__file__).parent))
-from peer_genai import genai_decode_tokens_per_s  # noqa: E402
+from peer_worker import Genai, ids  # noqa: E402
 
 from phi4edge import load  # noqa: E402
 from phi4edge.export import export_model  # noqa: E402
@@ -111,9 +110,9 @@ def main() -> None:
         export_model(a.checkpoint, a.ours_int8, adapter_precision="int8")
     if not a.peer.exists():
         built["peer_build"] = build_peer(a.checkpoint, a.peer, a.peer_python)
-    ours, peer = load(a.ours), og.Model(str(a.peer))
+    ours, peer = load(a.ours), Genai(str(a.peer), os.cpu_count())
     runs = {"phi4edge text-only": lambda: decode_tokens_per_s(ours, a.tokens),
-            "onnxruntime-genai": lambda: genai_decode_tokens_per_s(peer, a.tokens),
+            "onnxruntime-genai": lambda: peer.run(ids(16), a.tokens)["decode_tokens_per_s"],
             "phi4edge + speech (r320)": lambda: decode_tokens_per_s(ours, a.tokens, adapter="speech"),
             "phi4edge + vision (r256)": lambda: decode_tokens_per_s(ours, a.tokens, adapter="vision")}
     bundles = [ours]

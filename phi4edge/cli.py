@@ -76,8 +76,9 @@ def main() -> None:
 @click.option("--block-size", type=int, default=32, show_default=True,
               help="int4 quantisation block size (16-256; a partial last block is zero padded).")
 @click.option("--quant", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True,
-              help="int4 method: gptq (calibrated on the text shipped in the package), hqq (fitted scales and "
-                   "zero points, no calibration), rtn (round to nearest). Figures: docs/quantization.md.")
+              help="int4 method: gptq (error feedback, calibrated on the text shipped in the package), imatrix (scales "
+                   "searched against calibration-weighted error), hqq (fitted scales and zero points, no calibration), "
+                   "rtn (round to nearest). Figures: docs/quantization.md.")
 @click.option("--head", type=click.Choice(HEADS), default=DEFAULT_HEAD, show_default=True,
               help="Precision of the (tied) embedding / LM head table.")
 @click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")

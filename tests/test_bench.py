@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from click.testing import CliRunner
@@ -10,6 +11,8 @@ from click.testing import CliRunner
 from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
 from phi4edge.runtime.benchmark import _initializer_bytes, decode_bytes_per_token, last_level_cache_bytes, read_bandwidth
+
+from .test_quant_peers import bench_module
 
 
 def test_bench_text_bundle(bundles, tmp_path):
@@ -79,3 +82,19 @@ def _resident(folder) -> int:
         elif inside and first == "Rss:":
             total += int(line.split()[1]) * 1024
     return total
+
+
+def test_peers_script_measures_each_runtime_in_its_own_process(bundles):
+    """bench/peers.py: the phi4edge worker and the onnxruntime-genai one (which reads our bundle's
+    genai_config.json) answer every measurement over the pipe; ratios are per-round, to phi4edge."""
+    peers = bench_module("peers")
+    bundle = str(bundles["phi4mini", "int4"])
+    runtimes = {"phi4edge": (sys.executable, "phi4edge", bundle), "onnxruntime-genai": (sys.executable, "genai", bundle)}
+    out = peers.measure(runtimes, threads=1, tokens=4, prefills=[8], repeats=1)
+    assert set(out) == {"decode", "prefill 8", "memory"}
+    for what in ("decode", "prefill 8"):
+        assert set(out[what]) == set(runtimes) and out[what]["phi4edge"]["ours_over_this"] == 1.0
+        assert all(v["tokens_per_s"] > 0 for v in out[what].values())
+    for m in out["memory"].values():
+        assert m["peak"] >= m["after_load"]["rss"] >= m["after_load"]["anon"] > 0 and m["load_s"] > 0 and m["kernels"]
+    assert peers.cold_ttft_s(sys.executable, "phi4edge", bundle, 1) > 0
