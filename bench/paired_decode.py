@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from phi4edge.runtime.benchmark import cpu_name
 
 WORKER = """
 import json, sys
@@ -50,13 +51,6 @@ def measure(root: Path, bundle: str, threads: int, tokens: int) -> float:
     out = subprocess.run([sys.executable, "-c", WORKER, str(root), bundle, str(threads), str(tokens)],
                          capture_output=True, text=True, check=True)
     return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

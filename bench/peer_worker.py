@@ -22,7 +22,8 @@ def ids(n: int) -> list[int]:
 
 
 def memory() -> dict[str, int]:
-    """Resident and peak resident bytes of this process, and the anonymous part (Linux)."""
+    """Resident and peak resident bytes of this process, and the anonymous part (Linux). Not
+    phi4edge.runtime.memory.rss: the peers' venvs have no phi4edge, and the peak is needed too."""
     fields = {}
     with open("/proc/self/status") as f:
         for line in f:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 from phi4edge.bundle import open_bundle
-from phi4edge.runtime.benchmark import decode_bytes_per_token, read_bandwidth
+from phi4edge.runtime.benchmark import cpu_name, decode_bytes_per_token, read_bandwidth
 
 WORKER = str(Path(__file__).with_name("peer_worker.py"))
 GB = 1e9
@@ -36,17 +35,21 @@ class Worker:
     """A runtime loaded in its own process; one JSON request per line, one answer per line."""
 
     def __init__(self, python: str, runtime: str, model: str, threads: int):
+        self.what = f"{runtime} worker for {model}"
         self.proc = subprocess.Popen([python, WORKER, runtime, model, str(threads), "serve"], text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"{runtime} worker for {model} died while loading (its stderr is above)")
-        self.info = json.loads(line)
+        self.info = self._answer("loading")
 
     def ask(self, **request) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        return self._answer(json.dumps(request))
+
+    def _answer(self, doing: str) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.what} died while {doing} (its stderr is above)")
+        return json.loads(line)
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -57,15 +60,6 @@ def cold_ttft_s(python: str, runtime: str, model: str, threads: int) -> float:
     start = time.perf_counter()
     subprocess.run([python, WORKER, runtime, model, str(threads), "ttft"], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        info = f.read()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8") if f in flags]
-    return f"{name} ({platform.machine()}, {os.cpu_count()} cores; {', '.join(isa)})"
 
 
 def measure(runtimes: dict[str, tuple[str, str, str]], threads: int, tokens: int, prefills: list[int],
@@ -127,7 +121,7 @@ def main() -> None:
     bw = read_bandwidth(threads=os.cpu_count())
     nbytes = {name: decode_bytes_per_token(open_bundle(Path(model))) for name, (_, rt, model) in runtimes.items()
               if rt == "phi4edge"}
-    nbytes |= {f"llama.cpp {s.partition('=')[0]}": Path(s.partition("=")[2]).stat().st_size for s in a.gguf}
+    nbytes |= {name: Path(model).stat().st_size for name, (_, rt, model) in runtimes.items() if rt == "llama.cpp"}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "load_average": os.getloadavg(),
               "bandwidth_ceiling_gb_s": bw.gbs, "bandwidth_buffer_bytes": bw.buffer_bytes,
               "bytes_per_token": nbytes, "tokens": a.tokens, "repeats": a.repeats, "threads": {}}

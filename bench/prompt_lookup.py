@@ -15,7 +15,6 @@ kept gives the speed-up on any model, random weights included.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from phi4edge import load
-from phi4edge.runtime.benchmark import interleaved
+from phi4edge.runtime.benchmark import cpu_name, interleaved
 
 TEXT = ("The committee met on Tuesday to discuss the budget for next year. After a long debate, the members "
         "agreed to increase funding for the public library by ten percent, while reducing the parks budget "
@@ -36,13 +35,6 @@ TASKS = {
     "edit": f"Rewrite the following text, replacing Tuesday with Wednesday:\n\n{TEXT}",
     "free": "Write a short story about a lighthouse keeper.",   # little to copy: the cost of failed drafts
 }
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def tasks(model, sizes: list[int], rounds: int, max_new: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -51,6 +52,22 @@ def switch_latency_ms(model: Model, a: str | None, b: str | None, switches: int 
         dec.use_adapter(name)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimddp", "i8mm", "sve")
+
+
+def cpu_name() -> str:
+    """The CPU and the instruction-set extensions that pick int4/int8 kernels (onnxruntime's MLAS and
+    llama.cpp's), for every benchmark table; the platform's processor string off Linux."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    field = lambda key: next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
+    flags = set(field("flags").split() or field("Features").split())   # x86 / ARM spelling
+    isa = ", ".join(f for f in KERNEL_FLAGS if f in flags)
+    return f"{field('model name') or platform.processor()} ({platform.machine()}, {os.cpu_count()} cores; {isa})"
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,23 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
-from phi4edge.runtime.benchmark import _initializer_bytes, decode_bytes_per_token, last_level_cache_bytes, read_bandwidth
+from phi4edge.runtime.benchmark import (
+    KERNEL_FLAGS,
+    _initializer_bytes,
+    cpu_name,
+    decode_bytes_per_token,
+    last_level_cache_bytes,
+    read_bandwidth,
+)
 
 from .test_quant_peers import bench_module
 
@@ -98,3 +107,18 @@ def test_peers_script_measures_each_runtime_in_its_own_process(bundles):
     for m in out["memory"].values():
         assert m["peak"] >= m["after_load"]["rss"] >= m["after_load"]["anon"] > 0 and m["load_s"] > 0 and m["kernels"]
     assert peers.cold_ttft_s(sys.executable, "phi4edge", bundle, 1) > 0
+
+
+def test_peers_script_names_a_worker_that_dies(tmp_path):
+    """A runtime that cannot load its model ends the run with one line naming the worker, not a JSON error."""
+    peers = bench_module("peers")
+    with pytest.raises(SystemExit, match=r"phi4edge worker for .*missing died while loading"):
+        peers.Worker(sys.executable, "phi4edge", str(tmp_path / "missing"), 1)
+
+
+def test_cpu_name_reports_the_machine_and_its_kernel_extensions():
+    name = cpu_name()
+    assert f"{platform.machine()}, {os.cpu_count()} cores;" in name
+    if platform.machine() == "x86_64":   # every x86 CI machine here has AVX2 at least
+        listed = name.rsplit(";", 1)[1]
+        assert "avx2" in listed and all(f in KERNEL_FLAGS for f in listed.replace(")", "").replace(",", " ").split())
