@@ -1,22 +1,28 @@
-"""Calibration for activation-aware methods: the inputs' second moments H = E[x x^T] of every decoder
-linear, from a float32 numpy forward pass of the checkpoint over calibration text.
+"""Calibration for activation-aware methods and mixed precision: the inputs' second moments
+H = E[x x^T] of every decoder linear, from a float32 numpy forward pass of the checkpoint over
+calibration text.
 
 The text ships with the package (quant/calibration.txt, written for this purpose; never an
-evaluation text). The pass runs layer by layer as the exporter asks for each layer's linears, so
-only one layer's activations and Hessians are held: for Phi-4-mini at 2048 tokens that is 25 MB of
-hidden states and 0.4 GB of Hessians, whatever the depth.
+evaluation text). One pass (`calibrate`) runs the layers in order and quantises each layer's linears
+while its Hessians exist, so only one layer's activations and Hessians are held (for Phi-4-mini at
+4,096 tokens 50 MB of hidden states and 0.4 GB of Hessians, whatever the depth); it also measures each
+linear's output error for mixed precision and, at the end, the LM head's inputs for the table. The
+32-layer Phi-4-mini took three passes before (one for the table, one for mixed precision, one for
+the export: ~35 min of CPU before the first layer was written); docs/quantization.md has the time now.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import Phi4EdgeError
 from ..models.config import DecoderConfig
 from ..models.phi3 import LAYER_LINEARS, Phi3Weights
-from ..quant import QuantConfig, mixed
+from ..progress import progress
+from ..quant import CALIBRATED, METHODS, QuantConfig, QuantizedWeight, mixed
 from .rope import cos_sin
 
 TEXT = Path(__file__).parent.parent / "quant" / "calibration.txt"   # phi4edge/quant/, package data
@@ -38,10 +44,10 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 
 class Calibration:
-    """Hessians of the decoder linears by graph name (`layers.{i}.qkv_proj`, ...), computed in order."""
+    """The float32 forward pass: Hessians of the decoder linears by graph name (`layers.{i}.qkv_proj`,
+    ...), computed layer by layer in order."""
 
     def __init__(self, cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray):
-
         self.cfg, self.w = cfg, weights
         rope = cfg.rope
         cos, sin = cos_sin(rope, ids.shape[1], rope.short_factor if rope.kind == "longrope" else ())
@@ -53,35 +59,27 @@ class Calibration:
             self.x[hit] = rows[ids[hit] - lo]
         self.layer = -1
         self.hessians: dict[str, np.ndarray] = {}
-        self.ids, self.moments = ids, True
-        self._head: np.ndarray | None = None
 
     def hessian(self, name: str) -> np.ndarray | None:
-        """H for the named decoder linear, or None for any other weight."""
+        """H for the named decoder linear, or None for any other weight (or a layer already passed)."""
         m = NAME.search(name)
         if m is None:
             return None
         layer = int(m.group(1))
         while self.layer < layer:
-            self._advance()
+            self.advance()
         return self.hessians.get(m.group(2)) if self.layer == layer else None
 
     def head_importance(self) -> np.ndarray:
         """Mean squares [hidden] of the LM head's inputs (the final norm's output) on the calibration
-        text: the table is written before the layers, so a pass of its own over every layer (no
-        Hessians kept), computed once."""
-        if self._head is None:
-            probe = Calibration(self.cfg, self.w, self.ids)
-            probe.moments = False
-            while probe.layer < self.cfg.num_layers:
-                probe._advance()
-            h = rms_norm(probe.x, self.w.norm(None), self.cfg.rms_norm_eps)
-            self._head = (h * h).reshape(-1, h.shape[-1]).mean(0)
-        return self._head
+        text; runs the layers not yet run."""
+        while self.layer < self.cfg.num_layers:
+            self.advance()
+        h = rms_norm(self.x, self.w.norm(None), self.cfg.rms_norm_eps)
+        return (h * h).reshape(-1, h.shape[-1]).mean(0)
 
-    def _moment(self, x: np.ndarray) -> np.ndarray:
-        if not self.moments:
-            return np.empty((0, 0), np.float32)
+    @staticmethod
+    def _moment(x: np.ndarray) -> np.ndarray:
         flat = x.reshape(-1, x.shape[-1])
         return (flat.T @ flat) / len(flat)
 
@@ -108,7 +106,7 @@ class Calibration:
         scores /= scores.sum(-1, keepdims=True)
         return (scores @ v).transpose(0, 2, 1, 3).reshape(s, t, hq * d)
 
-    def _advance(self) -> None:
+    def advance(self) -> None:
         """Run the next layer on the calibration batch, recording its linears' Hessians."""
         self.layer += 1
         i, c, w = self.layer, self.cfg, self.w
@@ -127,19 +125,58 @@ class Calibration:
         self.x = self.x + act @ w.linear(i, "mlp.down_proj").T
 
 
-def mixed_plan(cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray, quant: QuantConfig) -> mixed.Plan:
-    """Which decoder linears mixed precision stores in int8 under quant.bits_budget: a calibration
-    pass of its own over every layer (the export's pass then starts afresh), measuring each linear."""
-    cal = Calibration(cfg, weights, ids)
 
-    def linears() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+@dataclass
+class Calibrated:
+    """What the calibration pass leaves for the export: each decoder linear quantised by the configured
+    method (with its Hessian for a calibrated one), its inputs' mean squares, the LM head's inputs'
+    mean squares and the mixed-precision choice. The exporter takes each linear once."""
+
+    weights: dict[str, QuantizedWeight]
+    diagonals: dict[str, np.ndarray]
+    head: np.ndarray
+    plan: mixed.Plan | None = None
+    taken: set[str] = field(default_factory=set)
+
+    def weight(self, name: str) -> QuantizedWeight | None:
+        """The linear's quantised weight from the pass (None for a weight the pass did not see)."""
+        if name in self.taken:   # freed once written: a second request would quietly lose the calibration
+            raise Phi4EdgeError(f"{name}: quantised twice in one export (internal error)")
+        q = self.weights.pop(name, None)
+        if q is not None:
+            self.taken.add(name)
+        return q
+
+    def diagonal(self, name: str) -> np.ndarray | None:
+        """The linear's inputs' mean squares (H's diagonal), for re-quantising it in int8."""
+        return self.diagonals.get(name)
+
+    def head_importance(self) -> np.ndarray:
+        return self.head
+
+
+def calibrate(cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray, quant: QuantConfig,
+              show_progress: bool = True) -> Calibrated:
+    """One calibration pass: every decoder linear quantised by quant's method at quant's bits and block
+    (with its Hessian if the method is calibrated), and, with a bits budget, the int8 choice from each
+    one's measured output error tr(E H E^T) (quant/mixed.py)."""
+    cal = Calibration(cfg, weights, ids)
+    done, diagonals, measured = {}, {}, []
+    with progress(cfg.num_layers, "calibrate", "layer", show_progress) as tick:
         for i in range(cfg.num_layers):
+            cal.advance()
             for module in LAYER_LINEARS:
-                name = f"layers.{i}.{module.split('.')[-1]}"
-                hessian = cal.hessian(name)
-                assert hessian is not None   # every decoder linear has one
-                yield name, weights.linear(i, module), hessian
-    tables = 1 if cfg.tie_word_embeddings else 2
-    return mixed.plan(linears(), quant.estimate, quant.block_size, quant.zero_points,
-                      tables * quant.table_bits(cfg.vocab_size, cfg.hidden_size), tables * cfg.vocab_size * cfg.hidden_size,
-                      quant.bits_budget)
+                key = module.split(".")[-1]
+                name, w, h = f"layers.{i}.{key}", weights.linear(i, module), cal.hessians[key]
+                q = METHODS[quant.method](w, quant.bits, quant.block_size, h if quant.method in CALIBRATED else None)
+                done[name], diagonals[name] = q, np.diag(h).copy()
+                if quant.bits_budget:
+                    measured.append((name, w.shape, mixed.output_error(w, q, h)))
+            tick()
+    out = Calibrated(done, diagonals, cal.head_importance())
+    if quant.bits_budget:
+        tables = 1 if cfg.tie_word_embeddings else 2
+        out.plan = mixed.plan(measured, quant.block_size, quant.zero_points,
+                              tables * quant.table_bits(cfg.vocab_size, cfg.hidden_size),
+                              tables * cfg.vocab_size * cfg.hidden_size, quant.bits_budget)
+    return out

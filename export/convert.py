@@ -19,9 +19,18 @@ from ..models.config import DecoderConfig, load_config
 from ..models.lora import LoraAdapter, check_fits, read_peft
 from ..models.phi3 import Phi3Weights
 from ..progress import progress
-from ..quant import CALIBRATED, DEFAULT_BITS_BUDGET, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
+from ..quant import (
+    CALIBRATED,
+    DEFAULT_BITS_BUDGET,
+    DEFAULT_BLOCK,
+    DEFAULT_ENCODER,
+    DEFAULT_ENCODER_BLOCK,
+    DEFAULT_HEAD,
+    DEFAULT_METHOD,
+    QuantConfig,
+)
 from .adapters import PRECISIONS, graph_precision, write_adapter
-from .calibrate import Calibration, calibration_ids, mixed_plan
+from .calibrate import calibrate, calibration_ids
 from .decoder import DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
 from .genai_config import genai_config
@@ -131,11 +140,12 @@ def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = 
                   list(extra.values()), base_model_id(cfg, weights), family.encoders(ckpt, cfg, tokenizer, model_dir))
 
 
-def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, block_size: int = 32,
+def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, block_size: int = DEFAULT_BLOCK,
                  head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder: str = DEFAULT_ENCODER,
-                 encoder_block_size: int = 0, bits_budget: float = DEFAULT_BITS_BUDGET) -> QuantConfig | None:
-    """The weights' quantisation settings (None for fp32), with the checkpoint's calibration
-    statistics for a calibrated method and the int8 linears of mixed precision."""
+                 encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float = DEFAULT_BITS_BUDGET,
+                 show_progress: bool = True) -> QuantConfig | None:
+    """The weights' quantisation settings (None for fp32), with the calibration pass's linears for a
+    calibrated method or mixed precision, and the int8 linears of mixed precision."""
     if precision not in ("int4", "fp32"):
         raise CheckpointError(f"--precision {precision!r}: choose int4 or fp32")
     if precision == "fp32":
@@ -144,20 +154,16 @@ def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, bloc
                         encoder_block_size=encoder_block_size, bits_budget=bits_budget)
     if quant.method not in CALIBRATED and not quant.bits_budget:
         return quant
-    ids = calibration_ids(src.tokenizer)
-    if quant.bits_budget:
-        quant = replace(quant, int8=mixed_plan(src.cfg, src.weights, ids, quant).int8)
-    if quant.method in CALIBRATED:
-        quant = replace(quant, calibration=Calibration(src.cfg, src.weights, ids))
-    return quant
+    calibrated = calibrate(src.cfg, src.weights, calibration_ids(src.tokenizer), quant, show_progress)
+    return replace(quant, int8=calibrated.plan.int8 if calibrated.plan else (), calibration=calibrated)
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "int4",
-                 block_size: int = 32, force: bool = False, show_progress: bool = True,
+                 block_size: int = DEFAULT_BLOCK, force: bool = False, show_progress: bool = True,
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
                  lora: bool = False, graph_format: str = "onnx", webgpu: bool = False, quant_method: str = DEFAULT_METHOD,
                  head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder_quant: str = DEFAULT_ENCODER,
-                 encoder_block_size: int = 0, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
+                 encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so
@@ -180,7 +186,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                               "DynamicQuantizeMatMul); choose fp32 or fp16")
     src = read_source(model_dir, adapters)
     quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size,
-                         bits_budget)
+                         bits_budget, show_progress)
     cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
     lora_dtype = graph_precision(adapter_precision) if (loras or lora) else None
     media = tuple((e.media_input, e.token_id) for e in encoders)

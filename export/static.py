@@ -26,7 +26,15 @@ from ..bundle import file_table
 from ..errors import CheckpointError
 from ..format import STATIC_SHAPES, Decoder, Manifest, Quantization, SpeechNames, Static, Vision, VisionNames
 from ..progress import progress
-from ..quant import DEFAULT_BITS_BUDGET, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, QuantConfig
+from ..quant import (
+    DEFAULT_BITS_BUDGET,
+    DEFAULT_BLOCK,
+    DEFAULT_ENCODER,
+    DEFAULT_ENCODER_BLOCK,
+    DEFAULT_HEAD,
+    DEFAULT_METHOD,
+    QuantConfig,
+)
 from .adapters import write_adapter
 from .convert import Source, export_encoder, quant_config, read_source
 from .families import Encoder
@@ -152,11 +160,11 @@ def export_static_encoder(encoder: Encoder, quant: QuantConfig | None, out: Path
     return entry
 
 
-def export_static(model_dir: str | Path, out_dir: str | Path, precision: str = "int4", block_size: int = 32,
+def export_static(model_dir: str | Path, out_dir: str | Path, precision: str = "int4", block_size: int = DEFAULT_BLOCK,
                   force: bool = False, show_progress: bool = True, adapters: dict[str, str | Path] | None = None,
                   shapes: StaticShapes = StaticShapes(), qnn_soc: int | None = None, quant_method: str = DEFAULT_METHOD,
                   head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder_quant: str = DEFAULT_ENCODER,
-                  encoder_block_size: int = 0, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
+                  encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
     """Export a checkpoint to a static-shapes bundle; with `qnn_soc`, also compile QNN context
     binaries for that SoC (export/qnn.py; needs onnxruntime-qnn). Quantisation as export_model's.
     Returns the bundle path."""
@@ -169,7 +177,7 @@ def export_static(model_dir: str | Path, out_dir: str | Path, precision: str = "
     src = read_source(model_dir, adapters)
     shapes.check(src.cfg.max_position)
     quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size,
-                         bits_budget)
+                         bits_budget, show_progress)
     rank = max((r for a in src.adapters for r in a.ranks), default=0)
     with staging(out_dir, force, src.inputs) as tmp:
         manifest = _write(src, tmp, quant, precision, shapes, rank, show_progress)

@@ -10,7 +10,17 @@ from typing import Any
 import click
 
 from .errors import Phi4EdgeError
-from .quant import DEFAULT_BITS_BUDGET, DEFAULT_ENCODER, DEFAULT_HEAD, DEFAULT_METHOD, ENCODER_CHOICES, HEADS, METHODS
+from .quant import (
+    DEFAULT_BITS_BUDGET,
+    DEFAULT_BLOCK,
+    DEFAULT_ENCODER,
+    DEFAULT_ENCODER_BLOCK,
+    DEFAULT_HEAD,
+    DEFAULT_METHOD,
+    ENCODER_CHOICES,
+    HEADS,
+    METHODS,
+)
 
 
 def friendly_errors(fn):
@@ -73,7 +83,7 @@ def main() -> None:
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(), help="Bundle folder to create.")
 @click.option("--precision", type=click.Choice(["int4", "fp32"]), default="int4", show_default=True)
-@click.option("--block-size", type=int, default=32, show_default=True,
+@click.option("--block-size", type=int, default=DEFAULT_BLOCK, show_default=True,
               help="int4 quantisation block size (16-256; a partial last block is zero padded).")
 @click.option("--quant", type=click.Choice(sorted(METHODS)), default=DEFAULT_METHOD, show_default=True,
               help="int4 method: gptq (error feedback, calibrated on the text shipped in the package), imatrix (scales "
@@ -87,8 +97,8 @@ def main() -> None:
                    "bits per weight over every decoder matrix (table included) stay within this; 0: none.")
 @click.option("--encoder-quant", type=click.Choice(ENCODER_CHOICES), default=DEFAULT_ENCODER, show_default=True,
               help="The vision/speech encoders' linears: int4 hqq or rtn, int8, or fp32 (figures: docs/quantization.md).")
-@click.option("--encoder-block-size", type=int, default=0,
-              help="Block size of the encoders' linears [default: --block-size].")
+@click.option("--encoder-block-size", type=int, default=DEFAULT_ENCODER_BLOCK, show_default=True,
+              help="Block size of the encoders' linears (0: --block-size).")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=PEFT_DIR",
               help="Add a PEFT LoRA adapter (repeatable). Phi-4-multimodal's vision/speech come by themselves.")

@@ -1,6 +1,6 @@
 """Weight quantisation for export: numpy weights in, MatMulNBits' packed arrays out.
 
-A method is one module exposing `quantize(w [N, K], bits, block_size, hessian | None) ->
+A method is one module exposing `quantize(w [N, K], bits, block_size, hessian | diagonal | None) ->
 QuantizedWeight`, registered in METHODS by name; `QuantConfig` picks one for the linears, a
 precision and block size for the tied embedding / LM head table, and carries the settings the
 manifest records. Methods measured on real pretrained weights: bench/RESULTS.md, docs/quantization.md.
@@ -16,6 +16,7 @@ from ..errors import Phi4EdgeError
 from . import gptq, hqq, imatrix, int4, mixed
 from .blocks import QuantizedWeight, symmetric
 
+# (weight [N, K], bits, block size, the inputs' second moments: Hessian [K, K], its diagonal [K] or None)
 Quantizer = Callable[[np.ndarray, int, int, "np.ndarray | None"], QuantizedWeight]
 
 
@@ -36,17 +37,21 @@ METHODS: dict[str, Quantizer] = {
 CALIBRATED = {"gptq", "imatrix"}
 ZERO_POINTS = {"hqq", "gptq"}   # methods whose blocks store integer zero points
 HEADS = ("int4", "int8")
-# What `phi4edge export` uses. Still round to nearest with an int4 head. Measured best within the issue's
-# 5.5 bits/weight: gptq, head block 16, bits_budget 5.5 (+17.5% perplexity on the permuted SmolLM2 against
-# rtn's +40.0%, 5.494 bits/weight), but it decodes 7-10% slower (the table's block 16) and its export costs 10-60x rtn's CPU
-# (SmolLM2 192 s vs 3.1 s, the tests' tiny fixture 5.4 s vs 0.5 s), paid by every test export (docs/quantization.md).
-DEFAULT_METHOD = "rtn"
-DEFAULT_HEAD = "int4"
+# What `phi4edge export` uses: gptq at block 64 with an int8 table (block 64 too). On the permuted SmolLM2
+# (bench/quality.py) +11.8% / +12.2% perplexity over fp32 on the two texts at 5.396 bits/weight, every matrix
+# counted, where the previous default (rtn, block 32, int4 table) lost +40.0% / +34.3% at 5.000; at 32 layers
+# full width it decodes 1.00x / 1.11x that default (2 / 1 threads). Block 64 is what makes the int8 table
+# affordable: MatMulNBits streams block 64 at 75% of the bandwidth ceiling, block 32 at 65% (bench/RESULTS.md).
+# A bits budget adds little here (5.5: +11.2% / +11.0%) for 2% more bytes; it stays an option.
+DEFAULT_METHOD = "gptq"
+DEFAULT_HEAD = "int8"
+DEFAULT_BLOCK = 64
 DEFAULT_BITS_BUDGET = 0.0   # bits per weight mixed precision may fill (quant/mixed.py); 0: none
 # The vision/speech encoders' linears: int4 by a calibration-free method (they have no calibration pass),
 # int8 or fp32. Measured on the embedded model's held-out sets and feature error: bench/RESULTS.md.
 ENCODER_CHOICES = ("hqq", "rtn", "int8", "fp32")
 DEFAULT_ENCODER = "hqq"
+DEFAULT_ENCODER_BLOCK = 32   # measured there at 32; 0 would follow the decoder's block
 
 
 def _check_block(option: str, block_size: int) -> None:
@@ -63,18 +68,19 @@ class QuantConfig:
     means block_size. encoder: the vision/speech encoders' linears (ENCODER_CHOICES),
     encoder_block_size 0 means block_size. bits_budget: bits per weight over every decoder matrix
     that mixed precision may fill (0: none); int8: (graph name, block size) of the decoder linears it
-    stores in int8 (quant/mixed.py). calibration: an export.calibrate.Calibration for calibrated
-    methods (not recorded; without one they fall back to their calibration-free form).
+    stores in int8 (quant/mixed.py). calibration: the export's calibration pass
+    (export.calibrate.Calibrated: the linears it quantised, not recorded); without one, calibrated
+    methods fall back to their calibration-free form.
     """
 
-    method: str = "rtn"
+    method: str = DEFAULT_METHOD
     bits: int = 4
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK
     accuracy_level: int = 4
-    head: str = "int4"
+    head: str = DEFAULT_HEAD
     head_block_size: int = 0
     encoder: str = DEFAULT_ENCODER
-    encoder_block_size: int = 0
+    encoder_block_size: int = DEFAULT_ENCODER_BLOCK
     bits_budget: float = 0.0
     int8: tuple[tuple[str, int], ...] = ()
     calibration: object | None = field(default=None, compare=False, repr=False)
@@ -113,20 +119,16 @@ class QuantConfig:
                        block_size=self.encoder_block_size or self.block_size, calibration=None, bits_budget=0.0, int8=())
 
     def weight(self, w: np.ndarray, name: str = "") -> QuantizedWeight:
-        """Quantise one linear's [out, in] weight; `name` (the graph's, e.g. layers.3.qkv_proj)
-        finds its calibration Hessian."""
-        hessian = self.calibration.hessian(name) if self.calibration is not None else None  # type: ignore[attr-defined]
+        """Quantise one linear's [out, in] weight; `name` (the graph's, e.g. layers.3.qkv_proj) finds
+        its result from the calibration pass, or, for one mixed precision stores in int8, its inputs'
+        mean squares (a calibrated method's int8 uses that diagonal: gptq's int8 is hqq weighted by it)."""
+        cal = self.calibration
         int8 = dict(self.int8)
         if name in int8:
-            return METHODS[self.method](w, 8, int8[name], hessian)
-        return METHODS[self.method](w, self.bits, self.block_size, hessian)
-
-    def estimate(self, w: np.ndarray, hessian: np.ndarray) -> QuantizedWeight:
-        """The int4 weight mixed precision measures sensitivity on: the method without GPTQ's error
-        feedback (gptq -> hqq weighted by the Hessian's diagonal; imatrix has none)."""
-        if self.method == "gptq":
-            return hqq.quantize(w, self.bits, self.block_size, hessian)
-        return METHODS[self.method](w, self.bits, self.block_size, hessian if self.method in CALIBRATED else None)
+            hint = cal.diagonal(name) if cal is not None and self.method in CALIBRATED else None  # type: ignore[attr-defined]
+            return METHODS[self.method](w, 8, int8[name], hint)
+        done = cal.weight(name) if cal is not None else None  # type: ignore[attr-defined]
+        return done if done is not None else METHODS[self.method](w, self.bits, self.block_size, None)
 
     @property
     def zero_points(self) -> bool:
@@ -170,5 +172,6 @@ class QuantConfig:
         return out
 
 
-__all__ = ["CALIBRATED", "DEFAULT_BITS_BUDGET", "DEFAULT_ENCODER", "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES",
-           "HEADS", "METHODS", "ZERO_POINTS", "QuantConfig", "QuantizedWeight", "Quantizer"]
+__all__ = ["CALIBRATED", "DEFAULT_BITS_BUDGET", "DEFAULT_BLOCK", "DEFAULT_ENCODER", "DEFAULT_ENCODER_BLOCK", "DEFAULT_HEAD",
+           "DEFAULT_METHOD", "ENCODER_CHOICES", "HEADS", "METHODS", "ZERO_POINTS", "QuantConfig", "QuantizedWeight",
+           "Quantizer"]

@@ -97,3 +97,8 @@ def asymmetric(b: np.ndarray, scales: np.ndarray, zero: np.ndarray, bits: int, b
     q = levels(b, scales, zero, bits)
     zp = pack(zero.astype(np.uint8), bits)
     return QuantizedWeight(pack(q, bits), scales.astype(np.float32), zp, bits, block_size)
+
+
+def diagonal(hessian: np.ndarray | None) -> np.ndarray | None:
+    """The inputs' mean squares [K] from a quantiser's second-moments argument ([K, K], [K] or None)."""
+    return hessian if hessian is None or hessian.ndim == 1 else np.diag(hessian)

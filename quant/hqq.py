@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import QuantizedWeight, asymmetric, blocked, levels, minmax, pack
+from .blocks import QuantizedWeight, asymmetric, blocked, diagonal, levels, minmax, pack
 
 SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8)   # starting ranges tried; more than 5 changed ppl by < 0.1%
 ROUNDS = 3                               # alternations per start; the error settles by the third
@@ -79,7 +79,8 @@ def level_error(q: np.ndarray, b: np.ndarray, s: np.ndarray, z: np.ndarray, weig
 
 def importance(k: int, block_size: int, hessian: np.ndarray | None) -> np.ndarray:
     """[blocks, bs] column weights: the activations' mean squares (normalised), or ones."""
-    d = np.ones(k, np.float32) if hessian is None else np.diag(hessian).astype(np.float32)
+    diag = diagonal(hessian)
+    d = np.ones(k, np.float32) if diag is None else diag.astype(np.float32)
     d = d / max(float(d.mean()), 1e-12) + 1e-3   # floor: columns never seen still count a little
     return blocked(d[None], block_size)[0]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import QuantizedWeight, blocked, levels, pack
+from .blocks import QuantizedWeight, blocked, diagonal, levels, pack
 
 STEPS = 9                   # candidates t = -9..9 (tenths of a level around the max's level)
 CHUNK_ELEMENTS = 1 << 20    # blocked elements searched at a time: the temporaries stay small
@@ -79,4 +79,4 @@ def quantize_rows(w: np.ndarray, bits: int, block_size: int, mean_squares: np.nd
 
 def quantize(w: np.ndarray, bits: int, block_size: int, hessian: np.ndarray | None = None) -> QuantizedWeight:
     """The METHODS entry: importance from the Hessian's diagonal (ones without calibration)."""
-    return quantize_rows(w, bits, block_size, None if hessian is None else np.diag(hessian))
+    return quantize_rows(w, bits, block_size, diagonal(hessian))

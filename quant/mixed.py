@@ -2,16 +2,16 @@
 bits=8, the same accuracy-level-4 kernel), as many as a bits-per-weight budget allows.
 
 Sensitivity is measured, not guessed: each linear's output error energy tr(E H E^T) on the shipped
-calibration text, E = W - int4(W) and H = E[x x^T] the layer's input second moments. The int4
-weight is the configured method without GPTQ's error feedback (gptq -> hqq weighted by H's
-diagonal; rtn and hqq as they are), so the pre-pass costs one grid fit per linear, not a second GPTQ.
+calibration text, E = W - int4(W) and H = E[x x^T] the layer's input second moments, with int4(W)
+the configured method's own result (GPTQ's included), measured in the calibration pass that made it
+(export/calibrate.py).
 int8 removes nearly all of a tensor's error, so the choice is a knapsack: greedily take the
 linears with the most error per extra stored bit while the whole decoder (every linear plus the
 embedding/head table, counted as bench/quality.py counts them) stays within the budget.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,17 +82,15 @@ def choose(candidates: Iterable[Candidate], base_bits: int, params: int, budget:
     return Plan(tuple(sorted(taken)), (base_bits + spent) / params, ranked)
 
 
-def plan(linears: Iterable[tuple[str, np.ndarray, np.ndarray]], estimate: Callable[[np.ndarray, np.ndarray], QuantizedWeight],
-         block_size: int, zero_points: bool, table_bits: int, table_params: int, budget: float) -> Plan:
-    """The int8 choice for (graph name, [out, in] weight, Hessian) of every decoder linear, in any order.
-    estimate(w, H): the int4 weight whose error measures sensitivity; table_bits / table_params: the
-    embedding/head table(s) as stored and their weights."""
+def plan(linears: Iterable[tuple[str, tuple[int, int], float]], block_size: int, zero_points: bool, table_bits: int,
+         table_params: int, budget: float) -> Plan:
+    """The int8 choice for (graph name, [out, in] shape, int4 output error) of every decoder linear, in
+    any order. table_bits / table_params: the embedding/head table(s) as stored and their weights."""
     candidates, base, params = [], table_bits, table_params
-    for name, w, hessian in linears:
-        n, k = w.shape
+    for name, (n, k), error in linears:
         four = stored_bits(n, k, 4, block_size, zero_points)
         block = int8_block(k, block_size)
         eight = stored_bits(n, k, 8, block, zero_points)
-        candidates.append(Candidate(name, output_error(w, estimate(w, hessian), hessian), block, eight - four))
+        candidates.append(Candidate(name, error, block, eight - four))
         base, params = base + four, params + n * k
     return choose(candidates, base, params, budget)

@@ -12,7 +12,7 @@ import pytest
 from phi4edge.errors import Phi4EdgeError
 from phi4edge.export import export_model
 from phi4edge.models import EMBEDDED
-from phi4edge.quant import QuantConfig
+from phi4edge.quant import DEFAULT_BLOCK, QuantConfig
 from phi4edge.runtime.evaluate import read_set
 from phi4edge.runtime.generate import Model
 
@@ -55,7 +55,7 @@ def test_encoder_choice_reaches_the_graphs_and_bounds_the_feature_error(method, 
                    for n in onnx.load(ref_bundle / "vision.onnx", load_external_data=False).graph.node)
     manifest = json.loads((out / "manifest.json").read_text())["quantization"]
     assert manifest["encoders"] == f"int{bits} {'rtn' if method == 'int8' else method} (block {block})"
-    assert manifest["block_size"] == 32   # the decoder keeps its own setting
+    assert manifest["block_size"] == DEFAULT_BLOCK   # the decoder keeps its own setting
     got = features(out)
     for kind, want in ref.items():
         err = float(np.sqrt(((got[kind] - want) ** 2).mean() / (want ** 2).mean()))

@@ -26,6 +26,7 @@ from .checkpoints import WORDS
 from .independent_reader import Reader
 
 BUDGET = 5.6   # the phi4mini fixture (hidden 256, vocab 1031) at rtn b32 is 5.0 bits/weight: room for a few
+RTN = {"quant_method": "rtn", "block_size": 32, "head": "int4"}   # recomputed here with onnxruntime's own packer
 
 
 def stored(bundle) -> tuple[dict[str, tuple[int, int, int]], int]:
@@ -45,7 +46,7 @@ def stored(bundle) -> tuple[dict[str, tuple[int, int, int]], int]:
 @pytest.fixture(scope="module")
 def mixed(checkpoints, tmp_path_factory):
     return export_model(checkpoints["phi4mini"], tmp_path_factory.mktemp("mixed") / "b", bits_budget=BUDGET,
-                        show_progress=False)
+                        show_progress=False, **RTN)
 
 
 def test_int8_linears_are_the_most_sensitive_within_the_budget(checkpoints, mixed):
@@ -104,4 +105,4 @@ def test_runtime_and_independent_reader_run_the_mixed_bundle(bundles, mixed):
 
 def test_a_budget_below_the_base_settings_is_refused(checkpoints, tmp_path):
     with pytest.raises(Phi4EdgeError, match=r"--bits-budget 4.5: the int4 linears and the table alone take 5\.0\d\d bits/weight"):
-        export_model(checkpoints["phi4mini"], tmp_path / "b", bits_budget=4.5, show_progress=False)
+        export_model(checkpoints["phi4mini"], tmp_path / "b", bits_budget=4.5, show_progress=False, **RTN)

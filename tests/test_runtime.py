@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from phi4edge import load
 from phi4edge.cli import main
 from phi4edge.errors import BundleError, RequestError
+from phi4edge.quant import DEFAULT_BLOCK, DEFAULT_METHOD
 from phi4edge.runtime.sampling import SamplingParams
 
 from .conftest import PYTHON
@@ -84,7 +85,7 @@ def test_inspect_verifies_hashes(bundles, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(bundles["phi4mini", "int4"], copy)
     ok = CliRunner().invoke(main, ["inspect", str(copy)])
-    assert ok.exit_code == 0 and "int4 (rtn), block 32" in ok.output and "FAILED" not in ok.output
+    assert ok.exit_code == 0 and f"int4 ({DEFAULT_METHOD}), block {DEFAULT_BLOCK}" in ok.output and "FAILED" not in ok.output
     with open(copy / "decoder.onnx.data", "r+b") as f:
         f.seek(5000)
         byte = f.read(1)
