@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,10 +35,10 @@ GB = 1e9
 class Worker:
     """A runtime loaded in its own process; one JSON request per line, one answer per line."""
 
-    def __init__(self, python: str, runtime: str, model: str, threads: int):
+    def __init__(self, python: str, runtime: str, model: str, threads: int, env: dict[str, str]):
         self.what = f"{runtime} worker for {model}"
         self.proc = subprocess.Popen([python, WORKER, runtime, model, str(threads), "serve"], text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.info = self._answer("loading")
 
     def ask(self, **request) -> dict:
@@ -56,16 +57,16 @@ class Worker:
         self.proc.wait()
 
 
-def cold_ttft_s(python: str, runtime: str, model: str, threads: int) -> float:
+def cold_ttft_s(python: str, runtime: str, model: str, threads: int, env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run([python, WORKER, runtime, model, str(threads), "ttft"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([python, WORKER, runtime, model, str(threads), "ttft"], check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
-def measure(runtimes: dict[str, tuple[str, str, str]], threads: int, tokens: int, prefills: list[int],
+def measure(runtimes: dict[str, tuple[str, str, str, dict[str, str]]], threads: int, tokens: int, prefills: list[int],
             repeats: int) -> dict:
     """Load every runtime with `threads`, then interleave rounds of every measurement."""
-    workers = {name: Worker(python, rt, model, threads) for name, (python, rt, model) in runtimes.items()}
+    workers = {name: Worker(python, rt, model, threads, env) for name, (python, rt, model, env) in runtimes.items()}
     try:
         runs = {("decode", name): (w, {"decode": tokens, "prompt_len": 16}) for name, w in workers.items()}
         runs |= {(f"prefill {n}", name): (w, {"prefill": n}) for n in prefills for name, w in workers.items()}
@@ -95,6 +96,8 @@ def main() -> None:
     ap.add_argument("--ours", required=True, help="phi4edge bundle")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                     help="another phi4edge bundle, measured as 'phi4edge NAME', repeatable")
+    ap.add_argument("--prepacked", metavar="CACHE", help="also measure --ours loading its graphs from this "
+                    "`phi4edge prepack` cache, as 'phi4edge prepacked' (the other phi4edge rows use none)")
     ap.add_argument("--gguf", action="append", default=[], metavar="NAME=PATH", help="a llama.cpp model, repeatable")
     ap.add_argument("--llama-python", help="python of the venv with llama-cpp-python")
     ap.add_argument("--genai", help="onnxruntime-genai model folder (its builder's int4)")
@@ -107,21 +110,25 @@ def main() -> None:
     ap.add_argument("--ttft-repeats", type=int, default=3, help="0: no time-to-first-token runs")
     ap.add_argument("--json", type=Path, help="write the results here too")
     a = ap.parse_args()
-    runtimes = {"phi4edge": (sys.executable, "phi4edge", a.ours)}
+    # phi4edge rows never see a user's prepack cache: an empty one unless --prepacked names one
+    env = os.environ | {"PHI4EDGE_CACHE": tempfile.mkdtemp(prefix="peers-no-cache-")}
+    runtimes = {"phi4edge": (sys.executable, "phi4edge", a.ours, env)}
+    if a.prepacked:
+        runtimes["phi4edge prepacked"] = (sys.executable, "phi4edge", a.ours, env | {"PHI4EDGE_CACHE": a.prepacked})
     for spec in a.variant:
         name, _, path = spec.partition("=")
-        runtimes[f"phi4edge {name}"] = (sys.executable, "phi4edge", path)
+        runtimes[f"phi4edge {name}"] = (sys.executable, "phi4edge", path, env)
     for spec in a.gguf:
         name, _, path = spec.partition("=")
-        runtimes[f"llama.cpp {name}"] = (a.llama_python, "llama.cpp", path)
+        runtimes[f"llama.cpp {name}"] = (a.llama_python, "llama.cpp", path, env)
     if a.genai:
-        runtimes["onnxruntime-genai"] = (sys.executable, "genai", a.genai)
+        runtimes["onnxruntime-genai"] = (sys.executable, "genai", a.genai, env)
     if a.optimum:
-        runtimes["optimum"] = (a.optimum_python, "optimum", a.optimum)
+        runtimes["optimum"] = (a.optimum_python, "optimum", a.optimum, env)
     bw = read_bandwidth(threads=os.cpu_count())
-    nbytes = {name: decode_bytes_per_token(open_bundle(Path(model))) for name, (_, rt, model) in runtimes.items()
+    nbytes = {name: decode_bytes_per_token(open_bundle(Path(model))) for name, (_, rt, model, _) in runtimes.items()
               if rt == "phi4edge"}
-    nbytes |= {name: Path(model).stat().st_size for name, (_, rt, model) in runtimes.items() if rt == "llama.cpp"}
+    nbytes |= {name: Path(model).stat().st_size for name, (_, rt, model, _) in runtimes.items() if rt == "llama.cpp"}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "load_average": os.getloadavg(),
               "bandwidth_ceiling_gb_s": bw.gbs, "bandwidth_buffer_bytes": bw.buffer_bytes,
               "bytes_per_token": nbytes, "tokens": a.tokens, "repeats": a.repeats, "threads": {}}
@@ -129,8 +136,8 @@ def main() -> None:
         result["threads"][t] = measure(runtimes, t, a.tokens, a.prefill, a.repeats)
     ttft: dict[str, list[float]] = {name: [] for name in runtimes}
     for _ in range(a.ttft_repeats):
-        for name, (python, rt, model) in runtimes.items():
-            ttft[name].append(cold_ttft_s(python, rt, model, max(a.threads)))
+        for name, (python, rt, model, env) in runtimes.items():
+            ttft[name].append(cold_ttft_s(python, rt, model, max(a.threads), env))
     result["cold_ttft_s"] = {name: statistics.median(v) for name, v in ttft.items() if v}
     report(result)
     if a.json:

@@ -478,5 +478,38 @@ def inspect(bundle: str, no_verify: bool) -> None:
         raise click.ClickException(f"{len(bad)} file(s) failed the checks: {', '.join(bad)}")
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False), required=False)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for packing (default: all cores).")
+@click.option("--clear", is_flag=True, help="Remove every prepacked graph from this machine's cache instead.")
+@friendly_errors
+def prepack(bundle: str | None, threads: int | None, clear: bool) -> None:
+    """Save the bundle's graphs optimised, with their weights packed for this CPU, so that later loads
+    skip both steps (the 32-layer decoder: a few seconds less to the first token).
+
+    The cache ($PHI4EDGE_CACHE, default ~/.cache/phi4edge) holds about twice the graphs' weight bytes,
+    and an entry is used only with this bundle unchanged, this onnxruntime and this CPU."""
+    import time
+
+    from .bundle import open_bundle
+    from .runtime import prepacked
+    if clear:
+        click.echo(f"removed {_size(prepacked.clear())} from {prepacked.cache_root()}")
+        return
+    if bundle is None:
+        raise click.UsageError("give a BUNDLE to prepack, or --clear")
+    b = open_bundle(bundle, verify=True)   # the cache's key trusts the manifest's hashes: check them once
+    kinds = [k for k in b.manifest.graphs if prepacked.cacheable(b, k, ["CPUExecutionProvider"])]
+    if not kinds:
+        raise click.ClickException(f"{b.path}: its graphs are not plain ONNX graphs for the CPU "
+                                   "(ORT-format and static-shapes bundles are not prepacked)")
+    for kind in kinds:
+        start = time.perf_counter()
+        folder, written = prepacked.write(b, kind, threads)
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        click.echo(f"{kind:8s} {'wrote' if written else 'already there'} {folder} ({_size(size)}"
+                   + (f", {time.perf_counter() - start:.1f} s)" if written else ")"))
+
+
 if __name__ == "__main__":
     main()

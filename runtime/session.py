@@ -34,7 +34,7 @@ from ..providers import (
     short,
     stdout_to_stderr,
 )
-from . import webgpu
+from . import prepacked, webgpu
 from .adapters import AdapterSet
 from .memory import file_mappings, release_load_pages
 from .static_encoders import StaticEncoderSession
@@ -156,7 +156,7 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
     strict = bool(accelerators) and getattr(providers, "strict", False)
     # the encoders of a static-shapes bundle fit each request to their fixed shapes
     cls = StaticEncoderSession if m.static is not None and kind in ("vision", "speech") else ort.InferenceSession
-    load = lambda name, no_fallback: _session(cls, bundle, name, threads, names, no_fallback)
+    load = lambda name, no_fallback: _session(cls, bundle, kind, name, threads, names, no_fallback)
     context = qnn_context(bundle, kind) if QNN in names else None
     refused = "fallback to CPU EP has been explicitly disabled"
     mapped_before = file_mappings(bundle.path)
@@ -183,10 +183,19 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
     return session
 
 
-def _session(cls: type[ort.InferenceSession], bundle: Bundle, name: str, threads: int | None, names: list[str],
-             no_fallback: bool) -> ort.InferenceSession:
+def _session(cls: type[ort.InferenceSession], bundle: Bundle, kind: str, name: str, threads: int | None,
+             names: list[str], no_fallback: bool) -> ort.InferenceSession:
     m = bundle.manifest
     so = session_options(threads, m.graph_format)
+    if name == m.graphs.get(kind) and prepacked.cacheable(bundle, kind, names) and (cached := prepacked.find(bundle, kind)):
+        # optimised and packed for this CPU by `phi4edge prepack`: loads without either step
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return cls(str(cached), so, providers=names)
+        except _LOAD_ERRORS as e:
+            warnings.warn(f"{cached}: prepacked {kind} graph unreadable ({str(e).strip()[:200]}); loading the bundle's "
+                          "(phi4edge prepack --clear removes it)", stacklevel=3)
+            so = session_options(threads, m.graph_format)
     if no_fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         so.log_severity_level = 4   # the refusal is ours to word; QNN would log every node it does not take

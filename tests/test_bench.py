@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
+from phi4edge.runtime import prepacked
 from phi4edge.runtime.benchmark import (
     KERNEL_FLAGS,
     _initializer_bytes,
@@ -93,12 +94,18 @@ def _resident(folder) -> int:
     return total
 
 
-def test_peers_script_measures_each_runtime_in_its_own_process(bundles):
-    """bench/peers.py: the phi4edge worker and the onnxruntime-genai one (which reads our bundle's
-    genai_config.json) answer every measurement over the pipe; ratios are per-round, to phi4edge."""
+def test_peers_script_measures_each_runtime_in_its_own_process(bundles, tmp_path, monkeypatch):
+    """bench/peers.py: the phi4edge workers (one loading its graphs from a `phi4edge prepack` cache)
+    and the onnxruntime-genai one (which reads our bundle's genai_config.json) answer every
+    measurement over the pipe; ratios are per-round, to phi4edge."""
     peers = bench_module("peers")
     bundle = str(bundles["phi4mini", "int4"])
-    runtimes = {"phi4edge": (sys.executable, "phi4edge", bundle), "onnxruntime-genai": (sys.executable, "genai", bundle)}
+    env = os.environ | {"PHI4EDGE_CACHE": str(tmp_path / "none")}
+    monkeypatch.setenv("PHI4EDGE_CACHE", str(tmp_path / "cache"))
+    prepacked.write(open_bundle(bundle), "decoder")
+    runtimes = {"phi4edge": (sys.executable, "phi4edge", bundle, env),
+                "phi4edge prepacked": (sys.executable, "phi4edge", bundle, os.environ.copy()),
+                "onnxruntime-genai": (sys.executable, "genai", bundle, env)}
     out = peers.measure(runtimes, threads=1, tokens=4, prefills=[8], repeats=1)
     assert set(out) == {"decode", "prefill 8", "memory"}
     for what in ("decode", "prefill 8"):
@@ -106,14 +113,14 @@ def test_peers_script_measures_each_runtime_in_its_own_process(bundles):
         assert all(v["tokens_per_s"] > 0 for v in out[what].values())
     for m in out["memory"].values():
         assert m["peak"] >= m["after_load"]["rss"] >= m["after_load"]["anon"] > 0 and m["load_s"] > 0 and m["kernels"]
-    assert peers.cold_ttft_s(sys.executable, "phi4edge", bundle, 1) > 0
+    assert peers.cold_ttft_s(sys.executable, "phi4edge", bundle, 1, env) > 0
 
 
 def test_peers_script_names_a_worker_that_dies(tmp_path):
     """A runtime that cannot load its model ends the run with one line naming the worker, not a JSON error."""
     peers = bench_module("peers")
     with pytest.raises(SystemExit, match=r"phi4edge worker for .*missing died while loading"):
-        peers.Worker(sys.executable, "phi4edge", str(tmp_path / "missing"), 1)
+        peers.Worker(sys.executable, "phi4edge", str(tmp_path / "missing"), 1, os.environ.copy())
 
 
 def test_cpu_name_reports_the_machine_and_its_kernel_extensions():
