@@ -465,6 +465,12 @@ def inspect(bundle: str, no_verify: bool) -> None:
         click.echo(f"  adapter   {name}: rank {'/'.join(map(str, a.ranks))}, alpha {a.alpha:g}"
                    f"{' (rsLoRA)' if a.rslora else ''}, {a.layers} layers x {len(a.modules)} modules, "
                    f"{a.precision}  <- {a.source}")
+    from .runtime import prepacked
+    kinds = [k for k in m.graphs if prepacked.cacheable(b, k, ["CPUExecutionProvider"])]
+    cached = [k for k in kinds if prepacked.find(b, k)]
+    if kinds:
+        click.echo(f"prepacked   {', '.join(cached) or 'none'} for this CPU and onnxruntime"
+                   + ("" if cached == kinds else f" (phi4edge prepack {b.path}: faster loads)"))
     report = b.audit(hashes=not no_verify)
     click.echo("files" + (" (sizes checked; sha256 skipped)" if no_verify else " (sizes and sha256 checked)"))
     for name, entry in m.files.items():

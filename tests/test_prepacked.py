@@ -49,6 +49,7 @@ def logits(bundle, adapter: str | None) -> tuple[str, np.ndarray]:
 
 
 def test_prepacked_graphs_load_instead_and_compute_the_same(bundle, cache):
+    assert "prepacked   none for this CPU" in CliRunner().invoke(main, ["inspect", str(bundle)]).output
     plain = {a: logits(bundle, a) for a in (None, "speech")}
     result = CliRunner().invoke(main, ["prepack", str(bundle)])
     assert result.exit_code == 0, result.output
@@ -63,6 +64,7 @@ def test_prepacked_graphs_load_instead_and_compute_the_same(bundle, cache):
     model = load(bundle)
     assert model.generate("Count from three to seven.", max_new_tokens=8).text.strip() == "three four five six seven"
     assert CliRunner().invoke(main, ["prepack", str(bundle)]).output.count("already there") == 3
+    assert "prepacked   decoder, vision, speech for this CPU" in CliRunner().invoke(main, ["inspect", str(bundle)]).output
 
 
 def resident(folder) -> tuple[int, int]:
