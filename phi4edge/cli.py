@@ -340,7 +340,7 @@ def bench_cmd(bundle: str, repeats: int, new_tokens: int, threads: int | None, o
         from .runtime.chart import bench_chart
         bench_chart(result, chart, f"phi4edge bench: {Path(bundle).name}")
     for key, value in result.items():
-        click.echo(f"{key:26s} {json.dumps(value) if isinstance(value, dict) else f'{value:.4g}'}", err=True)
+        click.echo(f"{key:26s} {json.dumps(value) if isinstance(value, (dict, list)) else f'{value:.4g}'}", err=True)
     text = json.dumps(result, indent=2)
     if output:
         Path(output).write_text(text + "\n")
@@ -499,6 +499,7 @@ def prepack(bundle: str | None, threads: int | None, clear: bool) -> None:
 
     from .bundle import open_bundle
     from .runtime import prepacked
+    from .runtime.session import session_options
     if clear:
         click.echo(f"removed {_size(prepacked.clear())} from {prepacked.cache_root()}")
         return
@@ -511,7 +512,7 @@ def prepack(bundle: str | None, threads: int | None, clear: bool) -> None:
                                    "(ORT-format and static-shapes bundles are not prepacked)")
     for kind in kinds:
         start = time.perf_counter()
-        folder, written = prepacked.write(b, kind, threads)
+        folder, written = prepacked.write(b, kind, session_options(threads))
         size = sum(p.stat().st_size for p in folder.iterdir())
         click.echo(f"{kind:8s} {'wrote' if written else 'already there'} {folder} ({_size(size)}"
                    + (f", {time.perf_counter() - start:.1f} s)" if written else ")"))

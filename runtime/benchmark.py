@@ -191,6 +191,9 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
         "decode_bytes_per_token": per_token, "read_bandwidth_gbs": bandwidth.gbs, "bandwidth_probe": asdict(bandwidth),
         "roofline_tokens_per_s": roofline, "fraction_of_roofline": med["decode"] / roofline,
         "repeats": repeats, "new_tokens": new_tokens,
+        # loaded from a `phi4edge prepack` entry: its mapped pages are handed back after the load and
+        # come back as decoding reads them, so memory_after_load is not the working set
+        "prepacked": sorted(k for k, s in model.decoder.sessions().items() if getattr(s, "prepacked", False)),
     }
     if loaded:
         weights = sum(length for _, length in _initializer_bytes(model.bundle))

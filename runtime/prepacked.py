@@ -85,11 +85,11 @@ def find(bundle: Bundle, kind: str) -> Path | None:
     return None
 
 
-def write(bundle: Bundle, kind: str, threads: int | None = None) -> tuple[Path, bool]:
-    """Save `kind` optimised, with its weights packed for this CPU, into the cache; returns the entry's
-    folder and whether it was written now (False: it was there already). Atomic: a half-written entry
-    is never used (it is built in a temporary folder and renamed)."""
-    from .session import session_options
+def write(bundle: Bundle, kind: str, so: ort.SessionOptions) -> tuple[Path, bool]:
+    """Save `kind` optimised, with its weights packed for this CPU, into the cache, loading it with the
+    runtime's session options `so` (runtime.session.session_options); returns the entry's folder and
+    whether it was written now (False: it was there already). Atomic: a half-written entry is never
+    used (it is built in a temporary folder and renamed)."""
     root = cache_root()
     folder = root / key(bundle, kind)
     if find(bundle, kind) is not None:
@@ -100,7 +100,6 @@ def write(bundle: Bundle, kind: str, threads: int | None = None) -> tuple[Path, 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        so = session_options(threads)
         so.optimized_model_filepath = str(tmp / name)
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", name + ".data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")

@@ -195,7 +195,9 @@ def _session(cls: type[ort.InferenceSession], bundle: Bundle, kind: str, name: s
         # optimised and packed for this CPU by `phi4edge prepack`: loads without either step
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return cls(str(cached), so, providers=names)
+            session = cls(str(cached), so, providers=names)
+            session.prepacked = True   # what `phi4edge bench` reports: its load and memory figures differ
+            return session
         except _LOAD_ERRORS as e:
             warnings.warn(f"{cached}: prepacked {kind} graph unreadable ({str(e).strip()[:200]}); loading the bundle's "
                           "(phi4edge prepack --clear removes it)", stacklevel=3)

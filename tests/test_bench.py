@@ -21,6 +21,7 @@ from phi4edge.runtime.benchmark import (
     last_level_cache_bytes,
     read_bandwidth,
 )
+from phi4edge.runtime.session import session_options
 
 from .test_quant_peers import bench_module
 
@@ -102,7 +103,7 @@ def test_peers_script_measures_each_runtime_in_its_own_process(bundles, tmp_path
     bundle = str(bundles["phi4mini", "int4"])
     env = os.environ | {"PHI4EDGE_CACHE": str(tmp_path / "none")}
     monkeypatch.setenv("PHI4EDGE_CACHE", str(tmp_path / "cache"))
-    prepacked.write(open_bundle(bundle), "decoder")
+    prepacked.write(open_bundle(bundle), "decoder", session_options())
     runtimes = {"phi4edge": (sys.executable, "phi4edge", bundle, env),
                 "phi4edge prepacked": (sys.executable, "phi4edge", bundle, os.environ.copy()),
                 "onnxruntime-genai": (sys.executable, "genai", bundle, env)}

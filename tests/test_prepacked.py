@@ -17,6 +17,7 @@ from phi4edge import load
 from phi4edge.bundle import open_bundle
 from phi4edge.cli import main
 from phi4edge.runtime import prepacked
+from phi4edge.runtime.benchmark import bench
 from phi4edge.runtime.session import DecoderSession
 
 from .serving import SPEC, embedded_bundle  # noqa: F401
@@ -63,6 +64,7 @@ def test_prepacked_graphs_load_instead_and_compute_the_same(bundle, cache):
         np.testing.assert_array_equal(got, expected)
     model = load(bundle)
     assert model.generate("Count from three to seven.", max_new_tokens=8).text.strip() == "three four five six seven"
+    assert bench(model, prompt_lengths=(8,), new_tokens=2, repeats=1)["prepacked"] == ["decoder"]
     assert CliRunner().invoke(main, ["prepack", str(bundle)]).output.count("already there") == 3
     assert "prepacked   decoder, vision, speech for this CPU" in CliRunner().invoke(main, ["inspect", str(bundle)]).output
 
