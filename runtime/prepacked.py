@@ -112,6 +112,8 @@ def write(bundle: Bundle, kind: str, so: ort.SessionOptions) -> tuple[Path, bool
         entry = {"graph": name, "sha256": sha256(tmp / name), "bundle": str(bundle.path.resolve()), "kind": kind,
                  "onnxruntime": ort.__version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / ENTRY).write_text(json.dumps(entry, indent=1))
+        if find(bundle, kind) is not None:   # another `prepack` of this bundle finished first
+            return folder, False
         shutil.rmtree(folder, ignore_errors=True)   # a damaged entry under the same key
         tmp.rename(folder)
     finally:
