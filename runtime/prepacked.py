@@ -23,6 +23,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from .. import __version__
 from ..bundle import Bundle, sha256
 from ..errors import BundleError
 from ..format import MANIFEST
@@ -52,13 +53,14 @@ def _cpu_flags() -> str:
 
 def key(bundle: Bundle, kind: str) -> str:
     """What an entry for `kind` must match: the manifest, the graph's files as they are on disk,
-    the onnxruntime version and the CPU."""
+    the onnxruntime and phi4edge versions and the CPU."""
     graph = bundle.manifest.graphs[kind]
     files = {name: bundle.file(name).stat() for name in bundle.manifest.files
              if name == graph or name.startswith(graph + ".")}
     parts = {"manifest": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest(), "kind": kind,
              "files": {n: [s.st_size, s.st_mtime_ns] for n, s in sorted(files.items())},
-             "onnxruntime": ort.__version__, "machine": platform.machine(), "cpu": _cpu_flags()}
+             "onnxruntime": ort.__version__, "machine": platform.machine(), "cpu": _cpu_flags(),
+             "phi4edge": __version__}   # its session options shape the saved graph
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -108,6 +108,18 @@ def test_an_entry_serves_only_the_bundle_it_was_written_for(bundle, cache):
     assert logits(bundle, None)[0].startswith(str(bundle))
 
 
+@pytest.mark.parametrize("change", ["onnxruntime", "cpu"])
+def test_an_entry_serves_only_the_onnxruntime_and_cpu_it_was_written_for(bundle, cache, monkeypatch, change):
+    assert CliRunner().invoke(main, ["prepack", str(bundle), "--threads", "1"]).exit_code == 0
+    b = open_bundle(bundle)
+    assert prepacked.find(b, "decoder") is not None
+    if change == "onnxruntime":
+        monkeypatch.setattr(prepacked.ort, "__version__", prepacked.ort.__version__ + ".post1")
+    else:   # the same machine without AVX-512, say (a VM that hides it)
+        monkeypatch.setattr(prepacked, "_cpu_flags", lambda: "fpu sse sse2 avx avx2 fma")
+    assert prepacked.find(b, "decoder") is None
+
+
 def test_a_damaged_entry_is_ignored_with_a_warning(bundle, cache):
     assert CliRunner().invoke(main, ["prepack", str(bundle)]).exit_code == 0
     entry = prepacked.cache_root() / prepacked.key(open_bundle(bundle), "decoder")
