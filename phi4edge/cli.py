@@ -466,7 +466,7 @@ def inspect(bundle: str, no_verify: bool) -> None:
                    f"{' (rsLoRA)' if a.rslora else ''}, {a.layers} layers x {len(a.modules)} modules, "
                    f"{a.precision}  <- {a.source}")
     from .runtime import prepacked
-    kinds = [k for k in m.graphs if prepacked.cacheable(b, k, ["CPUExecutionProvider"])]
+    kinds = prepacked.kinds(b)
     cached = [k for k in kinds if prepacked.find(b, k)]
     if kinds:
         click.echo(f"prepacked   {', '.join(cached) or 'none'} for this CPU and onnxruntime"
@@ -506,7 +506,7 @@ def prepack(bundle: str | None, threads: int | None, clear: bool) -> None:
     if bundle is None:
         raise click.UsageError("give a BUNDLE to prepack, or --clear")
     b = open_bundle(bundle, verify=True)   # the cache's key trusts the manifest's hashes: check them once
-    kinds = [k for k in b.manifest.graphs if prepacked.cacheable(b, k, ["CPUExecutionProvider"])]
+    kinds = prepacked.kinds(b)
     if not kinds:
         raise click.ClickException(f"{b.path}: its graphs are not plain ONNX graphs for the CPU "
                                    "(ORT-format and static-shapes bundles are not prepacked)")

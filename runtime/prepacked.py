@@ -71,6 +71,11 @@ def cacheable(bundle: Bundle, kind: str, providers: list[str]) -> bool:
             and kind in m.graphs)
 
 
+def kinds(bundle: Bundle) -> list[str]:
+    """The bundle's graphs that the cache can hold (those it loads on the CPU alone)."""
+    return [k for k in bundle.manifest.graphs if cacheable(bundle, k, ["CPUExecutionProvider"])]
+
+
 def find(bundle: Bundle, kind: str) -> Path | None:
     """The cached graph for `kind` on this machine, or None when there is none that matches. An entry
     whose graph file was changed since it was written is ignored with a warning."""

@@ -159,9 +159,7 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
     load = lambda name, no_fallback: _session(cls, bundle, kind, name, threads, names, no_fallback)
     context = qnn_context(bundle, kind) if QNN in names else None
     refused = "fallback to CPU EP has been explicitly disabled"
-    # a prepacked entry (runtime/prepacked.py) is mapped whole, weights as exported and as packed: 3.52 GiB
-    # resident after loading the 32-layer decoder; handed back, decoding reads back what it uses (2.77 GiB)
-    folders = (bundle.path, prepacked.cache_root())
+    folders = (bundle.path, prepacked.cache_root())   # where the graph may be read from
     mapped_before = {folder: file_mappings(folder) for folder in folders}
     for name in ([context] if context else []) + [m.graphs[kind]]:
         try:
@@ -181,9 +179,11 @@ def load_graph(bundle: Bundle, kind: str, threads: int | None = None,
         warnings.warn(problem, ProviderFallbackWarning, stacklevel=2)
     # The weight-file pages that only prepacking read leave RSS: the 32-layer Phi-4-mini decoder held
     # 3.58 GiB after load (1.54x its 2.50 GB of weights), now 2.85 GiB (1.23x); bench/RESULTS.md,
-    # "Load memory (issue 21)", has the A/B decode check and what the remaining 1.23x is.
-    for folder in folders:
-        release_load_pages(folder, mapped_before[folder])
+    # "Load memory (issue 21)", has the A/B decode check and what the remaining 1.23x is. A prepacked
+    # entry (runtime/prepacked.py) is mapped whole, weights as exported and as packed: 3.52 GiB resident
+    # after loading the 32-layer decoder; handed back, decoding reads back what it uses (2.77 GiB).
+    folder = prepacked.cache_root() if getattr(session, "prepacked", False) else bundle.path
+    release_load_pages(folder, mapped_before[folder])
     return session
 
 
