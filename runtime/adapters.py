@@ -30,7 +30,8 @@ class AdapterSet:
         self.files = {name: bundle.file(e.file) for name, e in bundle.manifest.adapters.items()}
         self.base_id = bundle.manifest.model.base_id
         self.rank1 = bool(plain) or any(i.type == "tensor(int8)" for i in self.inputs.values())
-        self._loaded: dict[str, tuple[object, dict[str, ort.OrtValue]]] = {}   # name -> (mapping, values)
+        self._mapped: dict[str, tuple[object, dict[str, np.ndarray]]] = {}   # name -> (mapping, its arrays)
+        self._loaded: dict[str, dict[str, ort.OrtValue]] = {}   # name -> the values bound for it
         self.active: str | None = None
         self.unbound = bool(plain)   # inputs without defaults: nothing is bound until activate()
 
@@ -57,18 +58,21 @@ class AdapterSet:
     @property
     def loaded(self) -> list[str]:
         """Adapters whose files have been mapped so far (loading is lazy)."""
-        return sorted(self._loaded)
+        return sorted(self._mapped)
 
     def add(self, name: str, path: str | Path) -> None:
         """Make an adapter file outside the bundle available under `name` (checked when first used)."""
         if not self.inputs:
             raise BundleError(f"{self.bundle.path}: exported without LoRA support; re-export with --adapter or --lora")
         self.files[name] = Path(path)
+        self._mapped.pop(name, None)
         self._loaded.pop(name, None)
 
     def read(self, name: str) -> tuple[object, dict[str, np.ndarray]]:
         """(the file's mapping, its tensors as arrays viewing it) for adapter `name`, refused unless
-        the file is readable and was exported for this bundle's base weights."""
+        the file is readable and was exported for this bundle's base weights. Mapped once."""
+        if name in self._mapped:
+            return self._mapped[name]
         if name not in self.files:
             have = ", ".join(self.names) or "none"
             raise BundleError(f"adapter '{name}' is not in this bundle (adapters: {have})")
@@ -82,16 +86,17 @@ class AdapterSet:
         if model_version != base_model_version(self.base_id):
             raise BundleError(f"{path}: adapter '{name}' was exported for another base model "
                               f"(model_version {model_version}, this bundle is {base_model_version(self.base_id)})")
+        self._mapped[name] = (mapping, arrays)   # the arrays and values point into the mapping: keep it open
         return mapping, arrays
 
     def load(self, name: str) -> dict[str, ort.OrtValue]:
+        """Adapter `name`'s values for the LoRA inputs (checked against them), made on first use."""
         if name in self._loaded:
-            return self._loaded[name][1]
-        mapping, arrays = self.read(name)
-        params = {pname: ort.OrtValue.ortvalue_from_numpy(arr) for pname, arr in self._widen(arrays).items()}
+            return self._loaded[name]
+        params = {pname: ort.OrtValue.ortvalue_from_numpy(arr) for pname, arr in self._widen(self.read(name)[1]).items()}
         for pname, value in params.items():
             self._check(name, pname, value)
-        self._loaded[name] = (mapping, params)   # the values point into the mapping: keep it open
+        self._loaded[name] = params
         return params
 
     def _widen(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

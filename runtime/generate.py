@@ -185,9 +185,9 @@ class Model:
         return self.decoder.adapters.loaded
 
     def load_adapter(self, name: str) -> None:
-        """Map and check an adapter's file now rather than at its first request."""
+        """Map, check and prepare an adapter now rather than at its first request."""
         with self.lock:
-            self.decoder.adapters.load(name)
+            self.decoder.load_adapter(name)
 
     def add_adapter(self, name: str, path: str | Path) -> None:
         """Register an .onnx_adapter file from outside the bundle (checked against this base at first use)."""

@@ -35,6 +35,7 @@ from ..providers import (
     stdout_to_stderr,
 )
 from . import prepacked, webgpu
+from .adapter_sessions import adapter_session
 from .adapters import AdapterSet
 from .memory import file_mappings, release_load_pages
 from .static_encoders import StaticEncoderSession
@@ -196,7 +197,8 @@ def _session(cls: type[ort.InferenceSession], bundle: Bundle, kind: str, name: s
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             session = cls(str(cached), so, providers=names)
-            session.prepacked = True   # what `phi4edge bench` reports: its load and memory figures differ
+            session.prepacked = cached   # what `phi4edge bench` reports (its load and memory figures differ),
+            # and the graph that per-adapter sessions share (runtime/adapter_sessions.py)
             return session
         except _LOAD_ERRORS as e:
             warnings.warn(f"{cached}: prepacked {kind} graph unreadable ({str(e).strip()[:200]}); loading the bundle's "
@@ -243,6 +245,10 @@ class DecoderSession:
         self.max_position = cfg.max_position
         self.session = load_graph(bundle, "decoder", threads, providers)
         self.binding = self.session.io_binding()
+        self.threads = threads
+        # the session and binding that run: the base's, or an adapter's own (use_adapter)
+        self.running, self.base_binding = self.session, self.binding
+        self.lanes: dict[str, tuple[ort.InferenceSession, ort.IOBinding] | None] = {}   # None: runs bound
         self.logits = np.zeros((1, 1, self.vocab_size), np.float32)
         self.binding.bind_output(DecoderNames.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         self.rows_logits = DecoderNames.LOGITS_TO_KEEP in {i.name for i in self.session.get_overridable_initializers()}
@@ -265,8 +271,51 @@ class DecoderSession:
         return {"decoder": self.session}
 
     def use_adapter(self, name: str | None) -> None:
-        """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost)."""
-        self.adapters.activate(self.binding, name)
+        """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost). An int4
+        adapter of a decoder loaded from a prepacked entry runs in a session of its own, created on its
+        first use (runtime/adapter_sessions.py); any other is bound to the base session's LoRA inputs."""
+        lane = self.lane(name) if name is not None else None
+        self._switch(*(lane or (self.session, self.base_binding)))
+        if lane is None:
+            self.adapters.activate(self.binding, name)
+
+    def lane(self, name: str) -> tuple[ort.InferenceSession, ort.IOBinding] | None:
+        """Adapter `name`'s own (session, binding), made on first use; None when it runs bound to the
+        base session (its file is not int4, or the base was not loaded from a prepacked entry)."""
+        if name in self.lanes:
+            return self.lanes[name]
+        entry = getattr(self.session, "prepacked", None)
+        arrays = self.adapters.read(name)[1]
+        self.lanes[name] = None
+        if entry is None or not any(a.dtype == np.uint8 for a in arrays.values()):   # int4 files store uint8
+            return None
+        before = file_mappings(prepacked.cache_root())
+        try:
+            session = adapter_session(entry, arrays, session_options(self.threads), name)
+        except BundleError as e:
+            self.adapters.load(name)   # a file that does not fit is refused here, in the LoRA inputs' terms
+            warnings.warn(f"{e}; it runs on the decoder's LoRA inputs instead", stacklevel=3)
+            return None
+        release_load_pages(prepacked.cache_root(), before)
+        session.prepacked = entry
+        self.lanes[name] = (session, session.io_binding())
+        return self.lanes[name]
+
+    def load_adapter(self, name: str) -> None:
+        """Map, check and prepare adapter `name` now rather than at its first request."""
+        if self.lane(name) is None:
+            self.adapters.load(name)
+
+    def _switch(self, session: ort.InferenceSession, binding: ort.IOBinding) -> None:
+        """Make `binding` (of `session`) the one that runs, bound to the same KV buffers and outputs."""
+        if binding is self.binding:
+            return
+        self.running, self.binding = session, binding
+        self._bind_cache()
+        self._bind_rows(1, self.logits) if self.rows_logits else \
+            binding.bind_output(DecoderNames.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        self.media_bound = True
+        self.bind_media(None)
 
     def reserve(self, capacity: int) -> None:
         """Make room for `capacity` tokens and start a new sequence (reallocates only to grow)."""
@@ -275,13 +324,17 @@ class DecoderSession:
             return
         self.capacity = capacity
         self.mask = np.ones((1, capacity), np.int64)
-        self.cache = []
-        for i in range(self.num_layers):
-            for kind in ("key", "value"):
-                value = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_shape[0], capacity, self.kv_shape[1]), np.float32))
-                self.cache.append(value)   # keep alive: the binding holds only pointers
-                self.binding.bind_ortvalue_input(DecoderNames.past(i, kind), value)
-                self.binding.bind_ortvalue_output(DecoderNames.present(i, kind), value)
+        shape = (1, self.kv_shape[0], capacity, self.kv_shape[1])
+        # keep alive: the binding holds only pointers
+        self.cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in range(2 * self.num_layers)]
+        self._bind_cache()
+
+    def _bind_cache(self) -> None:
+        """Bind each layer's KV buffer as both its past input and its present output (appended in place)."""
+        for index, value in enumerate(getattr(self, "cache", [])):
+            layer, kind = divmod(index, 2)
+            self.binding.bind_ortvalue_input(DecoderNames.past(layer, ("key", "value")[kind]), value)
+            self.binding.bind_ortvalue_output(DecoderNames.present(layer, ("key", "value")[kind]), value)
 
     def reset(self) -> None:
         """Forget the cached tokens (the buffers stay allocated)."""
@@ -334,6 +387,6 @@ class DecoderSession:
             raise BundleError(f"sequence of {total} tokens exceeds the reserved {self.capacity}")
         self.binding.bind_input(DecoderNames.INPUT_IDS, "cpu", 0, np.int64, [1, n], ids.ctypes.data)
         self.binding.bind_input(DecoderNames.ATTENTION_MASK, "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
-        self.session.run_with_iobinding(self.binding)
+        self.running.run_with_iobinding(self.binding)
         self.length = total
         return self._rows[1] if self.rows_bound != 1 else self.logits

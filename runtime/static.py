@@ -41,7 +41,7 @@ class PaddedAdapters(AdapterSet):
 
     def load(self, name: str) -> dict[str, np.ndarray]:   # type: ignore[override]
         if name in self._loaded:
-            return self._loaded[name][1]   # type: ignore[return-value]
+            return self._loaded[name]   # type: ignore[return-value]
         _, arrays = self.read(name)
         padded = dict(self.zeros)
         for pname, value in arrays.items():
@@ -54,7 +54,7 @@ class PaddedAdapters(AdapterSet):
                                   f"{list(want)} (rank at most {want[1 if a else 0]}: the static LoRA rank it was exported with)")
             padded[pname] = np.zeros(want, np.float32)
             padded[pname][:value.shape[0], :value.shape[1]] = value
-        self._loaded[name] = (None, padded)   # type: ignore[assignment]   # copies: the file's mapping may close
+        self._loaded[name] = padded   # type: ignore[assignment]   # copies, in the inputs' fixed shapes
         return padded
 
     def feeds(self, name: str | None) -> dict[str, np.ndarray]:
@@ -92,6 +92,9 @@ class StaticDecoder(DecoderSession):
 
     def use_adapter(self, name: str | None) -> None:
         self.lora = self.adapters.feeds(name)   # type: ignore[attr-defined]
+
+    def load_adapter(self, name: str) -> None:
+        self.adapters.load(name)
 
     def reserve(self, capacity: int) -> None:
         if capacity > self.context:
