@@ -18,6 +18,8 @@ from .session import DecoderSession
 class PlainDecoder(DecoderSession):
     """DecoderSession's interface (Model drives either) for the WebGPU form's decoder."""
 
+    own_sessions = False   # each call binds its KV values to the one session's binding
+
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         super().__init__(bundle, threads, providers)
         self.layers = [(i, kind) for i in range(self.num_layers) for kind in ("key", "value")]

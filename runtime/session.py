@@ -237,6 +237,7 @@ def qnn_context(bundle: Bundle, kind: str) -> str | None:
 
 class DecoderSession:
     rows_logits = False   # forward_rows works: the graph takes logits_to_keep (CPU-form bundles)
+    own_sessions = True   # int4 adapters of a prepacked decoder may run in sessions of their own
 
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         cfg = bundle.manifest.model.config
@@ -255,6 +256,7 @@ class DecoderSession:
         self.rows_bound = 1   # logits rows the binding holds now (forward_rows rebinds, forward binds back)
         self._spare = np.zeros((0, 1, self.vocab_size), np.float32)   # forward_rows' logits, grown as needed
         self.capacity = 0
+        self.cache: list[ort.OrtValue] = []   # a KV buffer per layer and kind, made by reserve()
         self.length = 0   # tokens already in the KV cache
         self.adapters = AdapterSet(bundle, self.session)
         # image/audio feature inputs: given with prefill, empty otherwise (plain inputs in bundles that
@@ -287,7 +289,7 @@ class DecoderSession:
         entry = getattr(self.session, "prepacked", None)
         arrays = self.adapters.read(name)[1]
         self.lanes[name] = None
-        if entry is None or not any(a.dtype == np.uint8 for a in arrays.values()):   # int4 files store uint8
+        if not self.own_sessions or entry is None or not any(a.dtype == np.uint8 for a in arrays.values()):   # int4: uint8
             return None
         before = file_mappings(prepacked.cache_root())
         try:
@@ -312,7 +314,9 @@ class DecoderSession:
             return
         self.running, self.binding = session, binding
         self._bind_cache()
-        self._bind_rows(1, self.logits) if self.rows_logits else \
+        if self.rows_logits:
+            self._bind_rows(1, self.logits)
+        else:
             binding.bind_output(DecoderNames.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         self.media_bound = True
         self.bind_media(None)
@@ -331,7 +335,7 @@ class DecoderSession:
 
     def _bind_cache(self) -> None:
         """Bind each layer's KV buffer as both its past input and its present output (appended in place)."""
-        for index, value in enumerate(getattr(self, "cache", [])):
+        for index, value in enumerate(self.cache):
             layer, kind = divmod(index, 2)
             self.binding.bind_ortvalue_input(DecoderNames.past(layer, ("key", "value")[kind]), value)
             self.binding.bind_ortvalue_output(DecoderNames.present(layer, ("key", "value")[kind]), value)
