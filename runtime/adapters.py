@@ -7,6 +7,7 @@ tensors are first used); switching afterwards only rebinds a few hundred tensors
 """
 from __future__ import annotations
 
+import mmap
 import struct
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +31,7 @@ class AdapterSet:
         self.files = {name: bundle.file(e.file) for name, e in bundle.manifest.adapters.items()}
         self.base_id = bundle.manifest.model.base_id
         self.rank1 = bool(plain) or any(i.type == "tensor(int8)" for i in self.inputs.values())
-        self._mapped: dict[str, tuple[object, dict[str, np.ndarray]]] = {}   # name -> (mapping, its arrays)
+        self._mapped: dict[str, tuple[mmap.mmap, dict[str, np.ndarray]]] = {}   # name -> (mapping, its arrays)
         self._loaded: dict[str, dict[str, ort.OrtValue]] = {}   # name -> the values bound for it
         self.active: str | None = None
         self.unbound = bool(plain)   # inputs without defaults: nothing is bound until activate()
@@ -68,7 +69,7 @@ class AdapterSet:
         self._mapped.pop(name, None)
         self._loaded.pop(name, None)
 
-    def read(self, name: str) -> tuple[object, dict[str, np.ndarray]]:
+    def read(self, name: str) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
         """(the file's mapping, its tensors as arrays viewing it) for adapter `name`, refused unless
         the file is readable and was exported for this bundle's base weights. Mapped once."""
         if name in self._mapped:

@@ -8,6 +8,7 @@ ProviderFallbackWarning says so; a strict request (`ProviderRequest(..., strict=
 `--require-provider`) refuses it instead."""
 from __future__ import annotations
 
+import mmap
 import warnings
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -287,7 +288,7 @@ class DecoderSession:
         if name in self.lanes:
             return self.lanes[name]
         entry = getattr(self.session, "prepacked", None)
-        arrays = self.adapters.read(name)[1]
+        mapping, arrays = self.adapters.read(name)
         self.lanes[name] = None
         if not self.own_sessions or entry is None or not any(a.dtype == np.uint8 for a in arrays.values()):   # int4: uint8
             return None
@@ -299,6 +300,8 @@ class DecoderSession:
             warnings.warn(f"{e}; it runs on the decoder's LoRA inputs instead", stacklevel=3)
             return None
         release_load_pages(prepacked.cache_root(), before)
+        if hasattr(mmap, "MADV_DONTNEED"):   # packed now: the file's pages leave RSS (288 MB at 32 layers, rank 320)
+            mapping.madvise(mmap.MADV_DONTNEED)
         session.prepacked = entry
         self.lanes[name] = (session, session.io_binding())
         return self.lanes[name]

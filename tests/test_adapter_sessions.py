@@ -3,7 +3,9 @@ the adapter's pairs become MatMulNBits constants, the base weights come from the
 entry. Judged against peft (fp32 adapters) and against the same file bound to the LoRA inputs."""
 from __future__ import annotations
 
+import gc
 import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -19,6 +21,7 @@ from phi4edge.runtime import prepacked
 
 from .compare import hf_greedy, margins
 from .test_adapters import PROMPTS
+from .test_prepacked import resident
 
 # int4 adapter files bound to the int8 LoRA inputs differ from peft's fp32 adapters by 0.06-0.60 in
 # the logits (tests/test_adapters.py); in their own sessions (MatMulNBits on the same int4 levels)
@@ -73,6 +76,11 @@ def test_int4_adapters_run_in_their_own_sessions_like_peft(int4_bundle, cache, t
             assert model.generate(ids, max_new_tokens=8, adapter=name).token_ids[:n] == tokens[:n]
     assert sorted(n for n, lane in model.decoder.lanes.items() if lane) == ["style", "terse"]
     assert model.loaded_adapters == ["style", "terse"]
+    del bound   # its mappings of the files are not the sessions'
+    gc.collect()
+    if sys.platform.startswith("linux"):   # packed into the sessions: the files' pages were handed back
+        mappings, resident_bytes = resident(bundle / "adapters")
+        assert mappings == 2 and resident_bytes == 0
 
 
 def test_other_adapters_stay_bound(two_adapters, cache, tmp_path):
