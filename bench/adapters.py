@@ -1,8 +1,8 @@
 """Decode speed with and without LoRA, adapter sizes and switch latency, on a full-width synthetic
 Phi-4-mini (8 layers by default) with a random rank-320 adapter (the size of Phi-4-multimodal's
-speech LoRA), in fp32, fp16, int8 and int4 adapter precision. The int4 bundle runs twice: loaded
-from the bundle (its adapter bound to the decoder's LoRA inputs) and from a prepacked entry in the
-workdir (the adapter in a session of its own, runtime/adapter_sessions.py). All base weights are
+speech LoRA), in fp32, fp16, int8 and int4 adapter precision. The int8 and int4 bundles run twice:
+loaded from the bundle (the adapter bound to the decoder's LoRA inputs) and from a prepacked entry in
+the workdir (the adapter in a session of its own, runtime/adapter_sessions.py). All base weights are
 int4; measurements are interleaved and reported as medians.
 
     python bench/adapters.py --workdir /tmp/bench-lora            # writes results JSON to the workdir
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                    help="adapter precisions to export and measure (the int4 own-session rows need int4)")
+                    help="adapter precisions to export and measure (int8 and int4 also run in their own sessions)")
     a = ap.parse_args()
     wd = a.workdir
     ckpt, adapter = wd / f"phi4-mini-{a.layers}l", wd / f"lora-r{a.rank}"
@@ -77,16 +77,18 @@ def main() -> None:
             start = time.perf_counter()
             models[name].load_adapter("speech")
             first_use_ms[name] = (time.perf_counter() - start) * 1e3
-    own_session = "int4" in a.precisions
-    if own_session:   # ...but the int4 bundle loads once more from a prepacked entry
-        os.environ[prepacked.ENV] = str(wd / "cache")
-        prepacked.write(open_bundle(wd / "lora-int4"), "decoder", session_options(a.threads))
-        models["prepacked"] = load(wd / "lora-int4", threads=a.threads)
+    own = [p for p in ("int8", "int4") if p in a.precisions]
+    os.environ[prepacked.ENV] = str(wd / "cache")   # ...but int8/int4 bundles load once more from a prepacked entry
+    memory = {}
+    for p in own:
+        prepacked.write(open_bundle(wd / f"lora-{p}"), "decoder", session_options(a.threads))
+        models[f"prepacked-{p}"] = load(wd / f"lora-{p}", threads=a.threads)
         before = rss()
         start = time.perf_counter()
-        models["prepacked"].load_adapter("speech")   # its own session: built on first use
-        first_use_ms["own session"] = (time.perf_counter() - start) * 1e3
+        models[f"prepacked-{p}"].load_adapter("speech")   # its own session: built on first use
+        first_use_ms[f"{p}, own session"] = (time.perf_counter() - start) * 1e3
         after = rss()
+        memory[p] = {k: after[k] - before[k] for k in after} if before and after else None
     errors = {k: lora_delta_error(models["lora-fp32"], m) for k, m in models.items()
               if k not in ("no-lora", "lora-fp32")} if "fp32" in a.precisions else {}
 
@@ -95,9 +97,9 @@ def main() -> None:
     for p in a.precisions:
         runs[f"{p} LoRA bundle, text-only request"] = decode(f"lora-{p}")
         runs[f"rank-{a.rank} adapter active ({p}{', bound' if p == 'int4' else ''})"] = decode(f"lora-{p}", "speech")
-    if own_session:
-        runs["prepacked int4 LoRA bundle, text-only"] = decode("prepacked")
-        runs[f"rank-{a.rank} adapter active (int4, own session)"] = decode("prepacked", "speech")
+    for p in own:
+        runs[f"prepacked {p} LoRA bundle, text-only"] = decode(f"prepacked-{p}")
+        runs[f"rank-{a.rank} adapter active ({p}, own session)"] = decode(f"prepacked-{p}", "speech")
     samples = interleaved(runs, a.repeats)
     speeds = {k: statistics.median(v) for k, v in samples.items()}
     base_runs = samples["base bundle (no LoRA inputs)"]
@@ -113,12 +115,13 @@ def main() -> None:
                                if p != "no-lora"},
         "first_adapter_use_ms": first_use_ms, "lora_delta_error": errors,
     }
-    if own_session:
-        switch["own session"] = switch_latency_ms(models["prepacked"], None, "speech")   # rebinds the KV buffers
-        result["own_session_ratio_to_its_text_only"] = statistics.median(
-            y / x for x, y in zip(samples["prepacked int4 LoRA bundle, text-only"],
-                                  samples[f"rank-{a.rank} adapter active (int4, own session)"]))
-        result["own_session_memory_added"] = {k: after[k] - before[k] for k in after} if before and after else None
+    for p in own:
+        switch[f"{p}, own session"] = switch_latency_ms(models[f"prepacked-{p}"], None, "speech")   # rebinds the KV buffers
+    if own:
+        result["own_session_ratio_to_its_text_only"] = {p: statistics.median(
+            y / x for x, y in zip(samples[f"prepacked {p} LoRA bundle, text-only"],
+                                  samples[f"rank-{a.rank} adapter active ({p}, own session)"])) for p in own}
+        result["own_session_memory_added"] = memory
     result["switch_latency_ms_median"] = switch
     (wd / "adapters.json").write_text(json.dumps(result, indent=2))
     print(f"full-width Phi-4-mini, {a.layers} layers, int4; medians of {a.repeats} interleaved runs of {a.tokens} tokens")

@@ -1,4 +1,4 @@
-"""A decoder session per int4 adapter, sharing the prepacked base weights.
+"""A decoder session per int4 or int8 adapter, sharing the prepacked base weights.
 
 An adapter bound to the decoder's LoRA inputs is read whole on every token: a rank-320 adapter on
 all four linears is 14% of the base's parameters, so its int8 pairs (DynamicQuantizeMatMul, whose
@@ -9,8 +9,8 @@ MatMulNBits packs only constants, and a second session would pack the base weigh
 packed file, so the operating system holds the base weights once (two sessions on one entry: 2.79 GB
 PSS for 5.19 GiB RSS). So an adapter's session is the entry's optimised graph with each LoRA pair
 rewritten as two MatMulNBits whose weights are the adapter file's own int4 tensors, handed to
-onnxruntime from the file's memory map (add_external_initializers); the adapter stays its own file,
-loaded on its first request.
+onnxruntime from the file's memory map (add_external_initializers), or an int8 file's levels in
+8-bit MatMulNBits' layout; the adapter stays its own file, loaded on its first request.
 """
 from __future__ import annotations
 
@@ -47,6 +47,23 @@ def _int4(arrays: dict[str, np.ndarray], name: str, rows: int, cols: int) -> tup
     return padded, scales, wide
 
 
+def _int8(arrays: dict[str, np.ndarray], name: str, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(levels [cols, blocks, block], scales [cols, blocks], block) of the int8 tensor `name` ([rows,
+    cols], a scale per column) in 8-bit MatMulNBits' layout (zero point 128): a transposed copy, whole
+    columns in as few blocks as MatMulNBits takes, padded with zero levels."""
+    q, scale = arrays.get(name), arrays.get(f"{name}.scale")
+    if q is None or scale is None or q.dtype != np.int8 or scale.dtype != np.float32 or q.ndim != 2:
+        raise ValueError(f"'{name}' is not an int8 tensor with scales")
+    if q.shape != (rows, cols) or scale.shape != (cols,):
+        raise ValueError(f"'{name}' has shape {list(q.shape)} for a [{rows}, {cols}] weight")
+    # the block that reads the fewest bytes per column, padding and scales included (rank 320: 64)
+    block = min(_BLOCKS, key=lambda b: -(-rows // b) * (b + 4))
+    blocks = -(-rows // block)
+    levels = np.full((cols, blocks * block), 128, np.uint8)
+    levels[:, :rows] = (q.T.astype(np.int16) + 128).astype(np.uint8)
+    return levels.reshape(cols, blocks, block), np.repeat(scale[:, None], blocks, 1), block
+
+
 def _zero_pair(pair: str, rows: int, cols: int) -> dict[str, np.ndarray]:
     """An int4 pair of rank 1 that adds nothing, for a linear the adapter does not cover."""
     a_blocks = -(-rows // 32)
@@ -64,9 +81,9 @@ def _external(name: str, array: np.ndarray) -> TensorProto:
 
 
 def rewrite(graph: onnx.GraphProto, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Turn each LoRA product of `graph` (a node whose weight is a `lora.*.A` or `.B` input) into an
-    int4 MatMulNBits on the adapter's tensor; returns the constants it now reads, by name. Raises
-    ValueError when the adapter does not fill every LoRA input with int4 tensors."""
+    """Turn each LoRA product of `graph` (a node whose weight is a `lora.*.A` or `.B` input) into a
+    MatMulNBits on the adapter's int4 or int8 tensor; returns the constants it now reads, by name.
+    Raises ValueError when an adapter tensor is of another precision or does not fit its input."""
     shapes = {t.name: list(t.dims) for t in graph.initializer if t.name.startswith("lora.")}
     constants: dict[str, np.ndarray] = {}
     for node in graph.node:
@@ -77,16 +94,17 @@ def rewrite(graph: onnx.GraphProto, arrays: dict[str, np.ndarray]) -> dict[str, 
         if pair + "A" not in arrays and pair + "B" not in arrays:   # a linear the adapter leaves alone
             arrays = arrays | _zero_pair(pair, shapes[pair + "A"][0], shapes[pair + "B"][1])
         a = arrays.get(pair + "A")
-        if a is None or a.ndim != 3:
-            raise ValueError(f"'{pair}A' is not an int4 tensor")
-        rank = a.shape[0]   # the graph leaves the rank free: the adapter's A says it
+        if a is None or a.dtype not in (np.uint8, np.int8):
+            raise ValueError(f"'{pair}A' is not an int4 or int8 tensor")
+        bits = 4 if a.dtype == np.uint8 else 8
+        rank = a.shape[0] if bits == 4 else a.shape[1]   # the graph leaves the rank free: the adapter's A says it
         rows, cols = (shapes[weight][0], rank) if weight.endswith(".A") else (rank, shapes[weight][1])
-        packed, scales, block = _int4(arrays, weight, rows, cols)
-        constants |= {f"{weight}.int4": packed, f"{weight}.int4.scales": scales}
-        node.CopyFrom(helper.make_node("MatMulNBits", [node.input[0], f"{weight}.int4", f"{weight}.int4.scales"],
+        levels, scales, block = (_int4 if bits == 4 else _int8)(arrays, weight, rows, cols)
+        constants |= {f"{weight}.levels": levels, f"{weight}.scales": scales}
+        node.CopyFrom(helper.make_node("MatMulNBits", [node.input[0], f"{weight}.levels", f"{weight}.scales"],
                                        list(node.output), name=node.name, domain="com.microsoft",
-                                       K=rows, N=cols, bits=4, block_size=block, accuracy_level=4))
-    unused = [n for n in arrays if n.endswith((".A", ".B")) and f"{n}.int4" not in constants]
+                                       K=rows, N=cols, bits=bits, block_size=block, accuracy_level=4))
+    unused = [n for n in arrays if n.endswith((".A", ".B")) and f"{n}.levels" not in constants]
     if unused:
         raise ValueError(f"tensor '{unused[0]}' matches no LoRA input of this decoder")
     kept = [t for t in graph.initializer if not t.name.startswith("lora.")]
@@ -100,8 +118,8 @@ def rewrite(graph: onnx.GraphProto, arrays: dict[str, np.ndarray]) -> dict[str, 
 
 def adapter_session(entry: Path, arrays: dict[str, np.ndarray], so: ort.SessionOptions,
                     name: str) -> ort.InferenceSession:
-    """A session of the prepacked decoder graph `entry` with adapter `name`'s int4 pairs (`arrays`,
-    views of its mapped file, which must outlive the session) as constants; `so` are the runtime's
+    """A session of the prepacked decoder graph `entry` with adapter `name`'s int4 or int8 pairs
+    (`arrays`, views of its mapped file, which must outlive the session) as constants; `so` are the runtime's
     session options. Raises BundleError when the adapter cannot run this way."""
     model = onnx.load(str(entry), load_external_data=False)
     try:
@@ -110,5 +128,8 @@ def adapter_session(entry: Path, arrays: dict[str, np.ndarray], so: ort.SessionO
         raise BundleError(f"adapter '{name}': {e}") from None
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # the entry is optimised already
     so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(entry.parent))
-    so.add_external_initializers(list(constants), [ort.OrtValue.ortvalue_from_numpy(a) for a in constants.values()])
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in constants.values()]
+    so.add_external_initializers(list(constants), values)
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session.constants = (constants, values)   # onnxruntime was handed their memory: kept while the session lives
+    return session

@@ -275,8 +275,8 @@ class DecoderSession:
 
     def use_adapter(self, name: str | None) -> None:
         """Choose the LoRA adapter for the next tokens (None: the base model, at no extra cost). An int4
-        adapter of a decoder loaded from a prepacked entry runs in a session of its own, created on its
-        first use (runtime/adapter_sessions.py); any other is bound to the base session's LoRA inputs."""
+        or int8 adapter of a decoder loaded from a prepacked entry runs in a session of its own, created
+        on its first use (runtime/adapter_sessions.py); any other is bound to the base session's LoRA inputs."""
         lane = self.lane(name) if name is not None else None
         self._switch(*(lane or (self.session, self.base_binding)))
         if lane is None:
@@ -284,13 +284,14 @@ class DecoderSession:
 
     def lane(self, name: str) -> tuple[ort.InferenceSession, ort.IOBinding] | None:
         """Adapter `name`'s own (session, binding), made on first use; None when it runs bound to the
-        base session (its file is not int4, or the base was not loaded from a prepacked entry)."""
+        base session (its file is fp32/fp16, or the base was not loaded from a prepacked entry)."""
         if name in self.lanes:
             return self.lanes[name]
         entry = getattr(self.session, "prepacked", None)
         mapping, arrays = self.adapters.read(name)
         self.lanes[name] = None
-        if not self.own_sessions or entry is None or not any(a.dtype == np.uint8 for a in arrays.values()):   # int4: uint8
+        quantised = any(a.dtype in (np.uint8, np.int8) for a in arrays.values())   # int4 files store uint8
+        if not self.own_sessions or entry is None or not quantised:
             return None
         before = file_mappings(prepacked.cache_root())
         try:
