@@ -20,9 +20,9 @@ import numpy as np
 
 from ..errors import Phi4EdgeError
 from ..models.config import DecoderConfig
-from ..models.phi3 import LAYER_LINEARS, Phi3Weights
+from ..models.phi3 import LAYER_LINEARS, Phi3Weights, linear_shapes
 from ..progress import progress
-from ..quant import CALIBRATED, METHODS, QuantConfig, QuantizedWeight, mixed
+from ..quant import BITS_BUDGET, CALIBRATED, METHODS, QuantConfig, QuantizedWeight, mixed
 from .rope import cos_sin
 
 TEXT = Path(__file__).parent.parent / "quant" / "calibration.txt"   # phi4edge/quant/, package data
@@ -175,8 +175,22 @@ def calibrate(cfg: DecoderConfig, weights: Phi3Weights, ids: np.ndarray, quant: 
             tick()
     out = Calibrated(done, diagonals, cal.head_importance())
     if quant.bits_budget:
-        tables = 1 if cfg.tie_word_embeddings else 2
-        out.plan = mixed.plan(measured, quant.block_size, quant.zero_points,
-                              tables * quant.table_bits(cfg.vocab_size, cfg.hidden_size),
-                              tables * cfg.vocab_size * cfg.hidden_size, quant.bits_budget)
+        out.plan = mixed.plan(measured, quant.block_size, quant.zero_points, *tables(cfg, quant), quant.bits_budget)
     return out
+
+
+def tables(cfg: DecoderConfig, quant: QuantConfig) -> tuple[int, int]:
+    """(stored bits, weights) of the vocabulary table(s): one when the embedding and head are tied."""
+    count = 1 if cfg.tie_word_embeddings else 2
+    return count * quant.table_bits(cfg.vocab_size, cfg.hidden_size), count * cfg.vocab_size * cfg.hidden_size
+
+
+def default_budget(cfg: DecoderConfig, quant: QuantConfig) -> float:
+    """--bits-budget's default: BITS_BUDGET for a calibrated method (its pass measures the sensitivity
+    anyway) whose int4 linears and table leave room under it, as the defaults do (5.396 bits/weight at
+    Phi-4-mini's shapes); else 0, no mixed precision (a bigger --block-size or --head can fill it)."""
+    if quant.method not in CALIBRATED:
+        return 0.0
+    bits, params = mixed.base(list(linear_shapes(cfg).values()) * cfg.num_layers, quant.block_size, quant.zero_points,
+                              *tables(cfg, quant))
+    return BITS_BUDGET if bits < BITS_BUDGET * params else 0.0

@@ -30,7 +30,7 @@ from ..quant import (
     QuantConfig,
 )
 from .adapters import PRECISIONS, graph_precision, write_adapter
-from .calibrate import calibrate, calibration_ids
+from .calibrate import calibrate, calibration_ids, default_budget
 from .decoder import DecoderBuilder, DecoderOptions
 from .families import Encoder, Family, family_for
 from .genai_config import genai_config
@@ -142,7 +142,7 @@ def read_source(model_dir: str | Path, adapters: dict[str, str | Path] | None = 
 
 def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, block_size: int = DEFAULT_BLOCK,
                  head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder: str = DEFAULT_ENCODER,
-                 encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float = DEFAULT_BITS_BUDGET,
+                 encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float | None = DEFAULT_BITS_BUDGET,
                  show_progress: bool = True) -> QuantConfig | None:
     """The weights' quantisation settings (None for fp32), with the calibration pass's linears for a
     calibrated method or mixed precision, and the int8 linears of mixed precision."""
@@ -151,7 +151,9 @@ def quant_config(src: Source, precision: str, method: str = DEFAULT_METHOD, bloc
     if precision == "fp32":
         return None
     quant = QuantConfig(method, block_size=block_size, head=head, head_block_size=head_block_size, encoder=encoder,
-                        encoder_block_size=encoder_block_size, bits_budget=bits_budget)
+                        encoder_block_size=encoder_block_size, bits_budget=bits_budget or 0.0)
+    if bits_budget is None:
+        quant = replace(quant, bits_budget=default_budget(src.cfg, quant))
     if quant.method not in CALIBRATED and not quant.bits_budget:
         return quant
     calibrated = calibrate(src.cfg, src.weights, calibration_ids(src.tokenizer), quant, show_progress)
@@ -163,7 +165,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
                  adapters: dict[str, str | Path] | None = None, adapter_precision: str = "fp32",
                  lora: bool = False, graph_format: str = "onnx", webgpu: bool = False, quant_method: str = DEFAULT_METHOD,
                  head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder_quant: str = DEFAULT_ENCODER,
-                 encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
+                 encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float | None = DEFAULT_BITS_BUDGET) -> Path:
     """Export a Phi-3-family checkpoint to a bundle; returns the bundle path.
 
     adapters: extra PEFT adapter folders by name. lora: add LoRA inputs even with no adapter (so

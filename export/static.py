@@ -164,7 +164,7 @@ def export_static(model_dir: str | Path, out_dir: str | Path, precision: str = "
                   force: bool = False, show_progress: bool = True, adapters: dict[str, str | Path] | None = None,
                   shapes: StaticShapes = StaticShapes(), qnn_soc: int | None = None, quant_method: str = DEFAULT_METHOD,
                   head: str = DEFAULT_HEAD, head_block_size: int = 0, encoder_quant: str = DEFAULT_ENCODER,
-                  encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float = DEFAULT_BITS_BUDGET) -> Path:
+                  encoder_block_size: int = DEFAULT_ENCODER_BLOCK, bits_budget: float | None = DEFAULT_BITS_BUDGET) -> Path:
     """Export a checkpoint to a static-shapes bundle; with `qnn_soc`, also compile QNN context
     binaries for that SoC (export/qnn.py; needs onnxruntime-qnn). Quantisation as export_model's.
     Returns the bundle path."""

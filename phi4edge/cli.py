@@ -11,6 +11,7 @@ import click
 
 from .errors import Phi4EdgeError
 from .quant import (
+    BITS_BUDGET,
     DEFAULT_BITS_BUDGET,
     DEFAULT_BLOCK,
     DEFAULT_ENCODER,
@@ -92,9 +93,10 @@ def main() -> None:
 @click.option("--head", type=click.Choice(HEADS), default=DEFAULT_HEAD, show_default=True,
               help="Precision of the (tied) embedding / LM head table.")
 @click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")
-@click.option("--bits-budget", type=float, default=DEFAULT_BITS_BUDGET, show_default=True,
+@click.option("--bits-budget", type=float, default=DEFAULT_BITS_BUDGET,
               help="Mixed precision: store the decoder linears most sensitive on the calibration text in int8 while "
-                   "bits per weight over every decoder matrix (table included) stay within this; 0: none.")
+                   f"bits per weight over every decoder matrix (table included) stay within this; 0: none [default: "
+                   f"{BITS_BUDGET} with gptq or imatrix when the block size and head leave room, else none].")
 @click.option("--encoder-quant", type=click.Choice(ENCODER_CHOICES), default=DEFAULT_ENCODER, show_default=True,
               help="The vision/speech encoders' linears: int4 hqq or rtn, int8, or fp32 (figures: docs/quantization.md).")
 @click.option("--encoder-block-size", type=int, default=DEFAULT_ENCODER_BLOCK, show_default=True,
@@ -127,7 +129,7 @@ def main() -> None:
               help="qnn: the Snapdragon to compile for, as QNN's soc_model id [default: 69, the 8 Elite; 57: 8 Gen 3].")
 @friendly_errors
 def export(model_dir: str, out_dir: str, precision: str, block_size: int, quant: str, head: str, head_block_size: int,
-           bits_budget: float, encoder_quant: str, encoder_block_size: int, force: bool, adapters: tuple[str, ...],
+           bits_budget: float | None, encoder_quant: str, encoder_block_size: int, force: bool, adapters: tuple[str, ...],
            adapter_precision: str, lora: bool, graph_format: str, target: str, context: int | None,
            prefill_chunk: int | None, image_crops: int | None, audio_seconds: float | None, soc_model: int | None) -> None:
     """Export a Hugging Face checkpoint folder to a bundle."""

@@ -86,11 +86,21 @@ def plan(linears: Iterable[tuple[str, tuple[int, int], float]], block_size: int,
          table_params: int, budget: float) -> Plan:
     """The int8 choice for (graph name, [out, in] shape, int4 output error) of every decoder linear, in
     any order. table_bits / table_params: the embedding/head table(s) as stored and their weights."""
-    candidates, base, params = [], table_bits, table_params
+    linears = list(linears)
+    candidates = []
     for name, (n, k), error in linears:
-        four = stored_bits(n, k, 4, block_size, zero_points)
         block = int8_block(k, block_size)
-        eight = stored_bits(n, k, 8, block, zero_points)
-        candidates.append(Candidate(name, error, block, eight - four))
-        base, params = base + four, params + n * k
-    return choose(candidates, base, params, budget)
+        extra = stored_bits(n, k, 8, block, zero_points) - stored_bits(n, k, 4, block_size, zero_points)
+        candidates.append(Candidate(name, error, block, extra))
+    bits, params = base([shape for _, shape, _ in linears], block_size, zero_points, table_bits, table_params)
+    return choose(candidates, bits, params, budget)
+
+
+def base(shapes: Iterable[tuple[int, int]], block_size: int, zero_points: bool, table_bits: int,
+         table_params: int) -> tuple[int, int]:
+    """(stored bits, weights) of every decoder matrix at the base settings: the int4 linears of these
+    [out, in] shapes and the table(s) as stored."""
+    bits, params = table_bits, table_params
+    for n, k in shapes:
+        bits, params = bits + stored_bits(n, k, 4, block_size, zero_points), params + n * k
+    return bits, params

@@ -4,6 +4,7 @@ budget, and the runtime and the independent reader run the result."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -14,16 +15,18 @@ from phi4edge import load
 from phi4edge.bundle import read_tokenizer
 from phi4edge.errors import Phi4EdgeError
 from phi4edge.export import export_model
-from phi4edge.export.calibrate import Calibration, calibration_ids
+from phi4edge.export.calibrate import Calibration, calibration_ids, default_budget, tables
 from phi4edge.format import Manifest
 from phi4edge.models.checkpoint import Checkpoint
 from phi4edge.models.config import load_config
-from phi4edge.models.phi3 import LAYER_LINEARS, Phi3Weights
+from phi4edge.models.phi3 import LAYER_LINEARS, Phi3Weights, linear_shapes
+from phi4edge.quant import BITS_BUDGET, QuantConfig
 from phi4edge.quant.int4 import quantize_int4
-from phi4edge.quant.mixed import int8_block
+from phi4edge.quant.mixed import base, int8_block
 
 from .checkpoints import WORDS
 from .independent_reader import Reader
+from .serving import embedded_bundle  # noqa: F401
 
 BUDGET = 5.6   # the phi4mini fixture (hidden 256, vocab 1031) at rtn b32 is 5.0 bits/weight: room for a few
 RTN = {"quant_method": "rtn", "block_size": 32, "head": "int4"}   # recomputed here with onnxruntime's own packer
@@ -106,3 +109,19 @@ def test_runtime_and_independent_reader_run_the_mixed_bundle(bundles, mixed):
 def test_a_budget_below_the_base_settings_is_refused(checkpoints, tmp_path):
     with pytest.raises(Phi4EdgeError, match=r"--bits-budget 4.5: the int4 linears and the table alone take 5\.0\d\d bits/weight"):
         export_model(checkpoints["phi4mini"], tmp_path / "b", bits_budget=4.5, show_progress=False, **RTN)
+
+
+def test_the_default_budget_applies_where_it_leaves_room(checkpoints, embedded_bundle):  # noqa: F811
+    """--bits-budget's default: 5.5 with gptq/imatrix when the int4 linears and the table leave room
+    (Phi-4-mini's shapes and the embedded model at the default settings), else none and no error (rtn:
+    no calibration pass; block 32 with the int8 table: more than 5.5 bits/weight before any int8)."""
+    phi4_mini = replace(load_config(checkpoints["phi4mini"]), hidden_size=3072, num_layers=32, num_heads=24,
+                        num_kv_heads=8, head_dim=128, intermediate_size=8192, vocab_size=200064, tie_word_embeddings=True)
+    assert default_budget(phi4_mini, QuantConfig()) == BITS_BUDGET == 5.5
+    assert default_budget(phi4_mini, QuantConfig("imatrix")) == 5.5
+    assert default_budget(phi4_mini, QuantConfig("rtn")) == default_budget(phi4_mini, QuantConfig("hqq")) == 0
+    b32 = QuantConfig(block_size=32)
+    bits, params = base(list(linear_shapes(phi4_mini).values()) * 32, 32, True, *tables(phi4_mini, b32))
+    assert bits / params > 5.5 and default_budget(phi4_mini, b32) == 0
+    q = Manifest.read(embedded_bundle).quantization
+    assert q.bits_budget == 5.5 and q.overrides
