@@ -446,6 +446,8 @@ def inspect(bundle: str, no_verify: bool) -> None:
     click.echo(f"context     {cfg.max_position} tokens, rope {cfg.rope_kind} (rotary dim {cfg.rotary_dim})")
     quant = q.precision if q.precision == "fp32" else \
         f"int4 ({q.method or 'rtn'}), block {q.block_size}, accuracy level {q.accuracy_level}"
+    if q.bits_budget:
+        quant += f"; {len(q.overrides or {})} linears int8 within {q.bits_budget} bits/weight"
     click.echo(f"weights     {quant}")
     click.echo("graphs      " + (f"ORT format (optimisation {m.ort.optimization}, onnxruntime {m.ort.onnxruntime}; "
                                  f"operators in {m.ort.required_operators})" if m.ort else "ONNX"))

@@ -9,10 +9,12 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import numpy_helper
 
 from phi4edge import load
 from phi4edge.bundle import read_tokenizer
+from phi4edge.cli import main
 from phi4edge.errors import Phi4EdgeError
 from phi4edge.export import export_model
 from phi4edge.export.calibrate import Calibration, calibration_ids, default_budget, tables
@@ -125,3 +127,5 @@ def test_the_default_budget_applies_where_it_leaves_room(checkpoints, embedded_b
     assert bits / params > 5.5 and default_budget(phi4_mini, b32) == 0
     q = Manifest.read(embedded_bundle).quantization
     assert q.bits_budget == 5.5 and q.overrides
+    shown = CliRunner().invoke(main, ["inspect", str(embedded_bundle), "--no-verify"]).output
+    assert f"; {len(q.overrides)} linears int8 within 5.5 bits/weight" in shown
