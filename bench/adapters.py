@@ -96,7 +96,7 @@ def main() -> None:
     runs = {"base bundle (no LoRA inputs)": decode("no-lora")}
     for p in a.precisions:
         runs[f"{p} LoRA bundle, text-only request"] = decode(f"lora-{p}")
-        runs[f"rank-{a.rank} adapter active ({p}{', bound' if p == 'int4' else ''})"] = decode(f"lora-{p}", "speech")
+        runs[f"rank-{a.rank} adapter active ({p}{', bound' if p in own else ''})"] = decode(f"lora-{p}", "speech")
     for p in own:
         runs[f"prepacked {p} LoRA bundle, text-only"] = decode(f"prepacked-{p}")
         runs[f"rank-{a.rank} adapter active ({p}, own session)"] = decode(f"prepacked-{p}", "speech")

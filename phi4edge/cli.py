@@ -107,8 +107,8 @@ def main() -> None:
 @click.option("--adapter-precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True,
               help="LoRA weight precision (fp16: half the size, fast on ARM64, slower than fp32 on x86; "
                    "int8: a quarter of the size, faster than fp32 with an adapter active on x86; int4: an eighth "
-                   "of the file size, files for phi4edge's runtime only, the fastest after 'phi4edge prepack' "
-                   "(each adapter in a session of its own), else widened to int8 at load).")
+                   "of the file size, files for phi4edge's runtime only, widened to int8 at load. After 'phi4edge "
+                   "prepack' int8 and int4 adapters run in sessions of their own, int4 the fastest).")
 @click.option("--lora", is_flag=True, help="Add LoRA inputs even without adapters, to bring adapters later.")
 @click.option("--format", "graph_format", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="Graph format: ONNX with external weights, or onnxruntime's ORT format for phones and reduced "
@@ -496,8 +496,8 @@ def inspect(bundle: str, no_verify: bool) -> None:
 @friendly_errors
 def prepack(bundle: str | None, threads: int | None, clear: bool) -> None:
     """Save the bundle's graphs optimised, with their weights packed for this CPU, so that later loads
-    skip both steps (the 32-layer decoder: a few seconds less to the first token), and int4 adapters
-    run in sessions of their own that share the packed base weights (faster with an adapter active).
+    skip both steps (the 32-layer decoder: a few seconds less to the first token), and int4/int8
+    adapters run in sessions of their own that share the packed base weights (faster with an adapter active).
 
     The cache ($PHI4EDGE_CACHE, default ~/.cache/phi4edge) holds about twice the graphs' weight bytes,
     and an entry is used only with this bundle unchanged, this onnxruntime and this CPU."""

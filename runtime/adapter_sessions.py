@@ -49,8 +49,8 @@ def _int4(arrays: dict[str, np.ndarray], name: str, rows: int, cols: int) -> tup
 
 def _int8(arrays: dict[str, np.ndarray], name: str, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(levels [cols, blocks, block], scales [cols, blocks], block) of the int8 tensor `name` ([rows,
-    cols], a scale per column) in 8-bit MatMulNBits' layout (zero point 128): a transposed copy, whole
-    columns in as few blocks as MatMulNBits takes, padded with zero levels."""
+    cols], a scale per column) in 8-bit MatMulNBits' layout (zero point 128): a transposed copy, each
+    column's scale repeated per block, a last partial block padded with zero levels."""
     q, scale = arrays.get(name), arrays.get(f"{name}.scale")
     if q is None or scale is None or q.dtype != np.int8 or scale.dtype != np.float32 or q.ndim != 2:
         raise ValueError(f"'{name}' is not an int8 tensor with scales")

@@ -204,7 +204,7 @@ def bench(model: Model, prompt_lengths=(16, 128, 512), new_tokens: int = 32, rep
         name = model.adapters[0]
         result["adapter"] = {"name": name, "decode_tokens_per_s": med[f"decode_with_{name}"],
                              "ratio_to_text_only": med[f"decode_with_{name}"] / med["decode"],
-                             # an int4 adapter of a prepacked decoder runs in a session of its own
+                             # an int4/int8 adapter of a prepacked decoder runs in a session of its own
                              "own_session": getattr(model.decoder, "lanes", {}).get(name) is not None,
                              "switch_latency_ms": switch_latency_ms(model, None, name)}
     if model.bundle.manifest.vision:

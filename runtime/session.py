@@ -238,7 +238,7 @@ def qnn_context(bundle: Bundle, kind: str) -> str | None:
 
 class DecoderSession:
     rows_logits = False   # forward_rows works: the graph takes logits_to_keep (CPU-form bundles)
-    own_sessions = True   # int4 adapters of a prepacked decoder may run in sessions of their own
+    own_sessions = True   # int4/int8 adapters of a prepacked decoder may run in sessions of their own
 
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None):
         cfg = bundle.manifest.model.config

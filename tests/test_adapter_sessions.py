@@ -18,6 +18,7 @@ from phi4edge.cli import main
 from phi4edge.errors import BundleError
 from phi4edge.export import export_model
 from phi4edge.runtime import prepacked
+from phi4edge.runtime.benchmark import bench
 
 from .compare import hf_greedy, margins
 from .test_adapters import PROMPTS
@@ -83,6 +84,7 @@ def test_quantised_adapters_run_in_their_own_sessions_like_peft(quantised_bundle
     if sys.platform.startswith("linux"):   # packed into the sessions: the files' pages were handed back
         mappings, resident_bytes = resident(bundle / "adapters")
         assert mappings == 2 and resident_bytes == 0
+    assert bench(model, prompt_lengths=(8,), new_tokens=2, repeats=1)["adapter"]["own_session"] is True
 
 
 def test_other_adapters_stay_bound(two_adapters, cache, tmp_path):

@@ -52,6 +52,7 @@ def test_bench_multimodal_bundle_with_adapters(mm_with_adapters):
     _, bundle = mm_with_adapters
     data = bench(load(bundle), prompt_lengths=(16,), new_tokens=4, repeats=1)
     assert data["adapter"]["name"] == "speech" and data["adapter"]["switch_latency_ms"] < 5
+    assert data["adapter"]["ratio_to_text_only"] > 0 and data["adapter"]["own_session"] is False   # fp32 files, no entry
     assert data["image_encode_ms"] > 0 and data["audio_encode_ms"] > 0
 
 
