@@ -54,8 +54,8 @@ def profile(bundle_path: Path, adapter: str | None, tokens: int, prompt_len: int
     prefix = tempfile.mkdtemp(prefix="ortprof-") + "/decode"
     original = session_module.session_options
 
-    def profiled(threads=None):
-        so = original(threads)
+    def profiled(*args, **kwargs):
+        so = original(*args, **kwargs)
         so.enable_profiling, so.profile_file_prefix = True, prefix
         return so
     session_module.session_options = profiled

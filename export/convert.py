@@ -190,6 +190,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, precision: str = "i
     quant = quant_config(src, precision, quant_method, block_size, head, head_block_size, encoder_quant, encoder_block_size,
                          bits_budget, show_progress)
     cfg, weights, loras, encoders = src.cfg, src.weights, src.adapters, src.encoders
+    if webgpu and quant is not None and quant.screened:   # a CPU-operator head (TopK, Scan): WebGPU reads plain int8
+        quant = replace(quant, head="int8")
     lora_dtype = graph_precision(adapter_precision) if (loras or lora) else None
     media = tuple((e.media_input, e.token_id) for e in encoders)
 

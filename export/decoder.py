@@ -18,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from ..errors import CheckpointError
 from ..format import DecoderNames
 from ..models.config import DecoderConfig
 from ..models.phi3 import Phi3Weights
-from ..quant import QuantConfig
+from ..quant import QuantConfig, screen
+from ..quant.blocks import QuantizedWeight
 from .graph import Graph
 from .linear import MS, linear
 from .rope import cos_sin
@@ -45,6 +47,18 @@ class DecoderOptions:
     lora: str | None = None                     # LoRA inputs on every layer linear, in this precision
     media: tuple[tuple[str, int], ...] = ()     # (features input, placeholder token id): image/audio
     webgpu: bool = False                        # the WebGPU form (export/webgpu.py): plain attention, LoRA inputs
+
+
+@dataclass(frozen=True)
+class Table:
+    """Names of a stored vocabulary table: fp32 `data`; or int4/int8 packed `data` and 2-D `scales`;
+    or a screened int8 table (quant/screen.py): `data` the high halves, `low` the low ones, their
+    (16x) `screen_scales`, 2-D, and `scales` the same 3-D for the gathers."""
+
+    data: str
+    scales: str | None = None
+    low: str | None = None
+    screen_scales: str | None = None
 
 
 def kv_names(layer: int) -> tuple[str, str, str, str]:
@@ -104,45 +118,74 @@ class DecoderBuilder:
         low = g.op("MatMul", [g.op("MatMul", [g.op("Cast", [x], to=onnx_type), a]), b])
         return g.op("Cast", [low], to=TensorProto.FLOAT)
 
-    def vocab_weight(self, name: str, key: str) -> tuple[str, str | None]:
-        """A [vocab, hidden] matrix written once: (packed, scales) int4 names, or (fp32, None).
+    def vocab_weight(self, name: str, key: str) -> Table:
+        """A [vocab, hidden] matrix written once: int4/int8 packed data and scales, a screened int8
+        table's halves (quant/screen.py), or fp32 data.
 
         Read and quantised in row chunks so a 200K x 3072 matrix never sits in memory as float32.
         """
         g, q, cfg = self.g, self.opt.quant, self.cfg
         read: Callable[[slice], np.ndarray] = lambda rows: self.w.vocab_matrix(key, rows)
         if q is None:
-            return g.weight(f"{name}.weight", read(slice(None))), None
+            return Table(g.weight(f"{name}.weight", read(slice(None))))
+        screened = self.screened
         q = q.table   # the head's own precision and block (a last partial block is zero padded)
         blocks = -(-cfg.hidden_size // q.block_size)
-        packed = np.empty((cfg.vocab_size, blocks, q.block_size * q.bits // 8), np.uint8)
+        halves = 2 if screened else 1
+        packed = np.empty((halves, cfg.vocab_size, blocks, q.block_size * q.bits // 8 // halves), np.uint8)
         scales = np.empty((cfg.vocab_size, blocks), np.float32)
         for lo in range(0, cfg.vocab_size, VOCAB_CHUNK_ROWS):
             rows = slice(lo, min(cfg.vocab_size, lo + VOCAB_CHUNK_ROWS))
-            packed[rows], scales[rows] = q.quantize(read(rows))
-        return g.weight(f"{name}.qweight", packed), g.weight(f"{name}.scales", scales)
+            w = read(rows)
+            data, scales[rows] = q.quantize(w)
+            if screened:
+                t = screen.split(w, QuantizedWeight(data, scales[rows], None, 8, q.block_size))
+                packed[0, rows], packed[1, rows], scales[rows] = t.high, t.low, t.scales
+            else:
+                packed[0, rows] = data
+        if not screened:
+            return Table(g.weight(f"{name}.qweight", packed[0]), g.weight(f"{name}.scales", scales))
+        # One scale tensor, the high halves' (16x): the gathers read it 3-D, a Reshape onnxruntime
+        # folds at load, as for a plain table.
+        screen_scales = g.weight(f"{name}.scales", scales * 16)
+        scales3 = g.op("Reshape", [screen_scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
+        return Table(g.weight(f"{name}.high", packed[0]), scales3, g.weight(f"{name}.low", packed[1]), screen_scales)
+
+    @property
+    def screened(self) -> bool:
+        """Whether the vocabulary table is screened (`--head int8-screened`)."""
+        return self.opt.quant is not None and self.opt.quant.screened
+
+    def gather_rows(self, table: Table, ids: str, name: str) -> str:
+        """The table's dequantised rows at `ids` ([..., hidden] float32)."""
+        g, cfg, t = self.g, self.cfg, self.opt.quant
+        assert t is not None and table.scales is not None
+        t = t.table
+        if table.low is None:
+            # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
+            # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
+            scales3 = g.op("Reshape", [table.scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
+            rows = g.op("GatherBlockQuantized", [table.data, ids, scales3], domain=MS, name=name, gather_axis=0,
+                        quantize_axis=2, block_size=t.block_size, bits=t.bits)
+        else:   # high + low / 16 at the high halves' scales: the int8 rows exactly
+            high, low = (g.op("GatherBlockQuantized", [data, ids, table.scales], domain=MS, name=f"{name}.{half}",
+                              gather_axis=0, quantize_axis=2, block_size=t.block_size, bits=4)
+                         for half, data in (("high", table.data), ("low", table.low)))
+            rows = g.op("Add", [high, g.op("Mul", [low, g.const("one_sixteenth", np.array(1 / 16, np.float32))])])
+        rows = g.op("Reshape", [rows, g.const("rows_flat_shape", np.array([0, 0, -1]))])   # [a, b, blocks * block]
+        if cfg.hidden_size % t.block_size:   # drop the padding of the last block
+            rows = g.op("Slice", [rows, g.const("zero1", np.array([0])), g.const("hidden1", np.array([cfg.hidden_size])),
+                                  g.const("axis2", np.array([2]))])
+        return rows
 
     # -- pieces --------------------------------------------------------------------------------
-    def embed(self, table: tuple[str, str | None]) -> str:
+    def embed(self, table: Table) -> str:
         g, cfg, q = self.g, self.cfg, self.opt.quant
         if self.opt.inputs_embeds:
             return g.input("inputs_embeds", FLOAT, ["batch", "seq", cfg.hidden_size])
         ids = g.input(DecoderNames.INPUT_IDS, TensorProto.INT64, ["batch", "seq"])
-        data, scales = table
-        if q is None:
-            embeds = g.op("Gather", [data, ids], name="embed_tokens")
-        else:
-            # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
-            # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
-            assert scales is not None
-            scales3 = g.op("Reshape", [scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
-            t = q.table
-            rows = g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name="embed_tokens",
-                        gather_axis=0, quantize_axis=2, block_size=t.block_size, bits=t.bits)
-            embeds = g.op("Reshape", [rows, g.const("embed_shape", np.array([0, 0, -1]))])
-            if cfg.hidden_size % t.block_size:   # drop the padding of the last block
-                embeds = g.op("Slice", [embeds, g.const("zero1", np.array([0])), g.const("hidden1", np.array([cfg.hidden_size])),
-                                        g.const("axis2", np.array([2]))])
+        embeds = g.op("Gather", [table.data, ids], name="embed_tokens") if q is None else \
+            self.gather_rows(table, ids, "embed_tokens")
         for name, token_id in self.opt.media:
             embeds = self.merge(embeds, ids, name, token_id)
         return embeds
@@ -160,17 +203,53 @@ class DecoderBuilder:
         positions = g.op("Transpose", [g.op("NonZero", [where])], perm=[1, 0])
         return g.op("ScatterND", [embeds, positions, name], name=f"merge_{name}")
 
-    def lm_head(self, x: str, table: tuple[str, str | None]) -> str:
+    def lm_head(self, x: str, table: Table) -> str:
+        """Logits [rows, 1, vocab] of x [rows, 1, hidden]."""
         g, cfg, q = self.g, self.cfg, self.opt.quant
-        data, scales = table
-        if q is not None and scales is not None:
-            logits = g.op("MatMulNBits", [x, data, scales], domain=MS, name="lm_head", K=cfg.hidden_size,
-                          N=cfg.vocab_size, bits=q.table.bits, block_size=q.table.block_size, accuracy_level=q.accuracy_level)
-        else:   # Gemm with transB reads the [vocab, hidden] table as stored: no transposed copy
+        if q is None or table.scales is None:   # Gemm with transB reads the [vocab, hidden] table as stored
             flat = g.op("Reshape", [x, g.const("flat_shape", np.array([-1, cfg.hidden_size]))])
-            logits = g.op("Gemm", [flat, data], name="lm_head", transB=1)
+            logits = g.op("Gemm", [flat, table.data], name="lm_head", transB=1)
             logits = g.op("Unsqueeze", [logits, g.const("axis1", np.array([1]))])
+        elif table.low is None:
+            logits = g.op("MatMulNBits", [x, table.data, table.scales], domain=MS, name="lm_head", K=cfg.hidden_size,
+                          N=cfg.vocab_size, bits=q.table.bits, block_size=q.table.block_size, accuracy_level=q.accuracy_level)
+        else:
+            logits = self.screened_head(x, table)
         return g.op("Identity", [logits], [DecoderNames.LOGITS])
+
+    def screened_head(self, x: str, table: Table) -> str:
+        """The screen (int4 MatMulNBits over the high halves), then its top SCREEN_TOP logits per row
+        completed with the low halves' share and scattered back (quant/screen.py)."""
+        g, cfg, q = self.g, self.cfg, self.opt.quant
+        assert q is not None and table.screen_scales is not None
+        rough = g.op("MatMulNBits", [x, table.data, table.screen_scales], domain=MS, name="lm_head", K=cfg.hidden_size,
+                     N=cfg.vocab_size, bits=4, block_size=q.table.block_size, accuracy_level=q.accuracy_level)
+        top = min(screen.SCREEN_TOP, cfg.vocab_size)
+        values, ids = g.ops("TopK", [rough, g.const("screen_top", np.array([top], np.int64))], 2, name="lm_head.top", axis=-1)
+        # One row at a time (Scan), so the gathered rows take SCREEN_TOP x hidden floats however many
+        # rows there are: scoring 2,000 tokens at once would otherwise gather 6 GB at Phi-4-mini's width.
+        rows = g.op("Reshape", [ids, g.const("screen_ids_shape", np.array([-1, top]))])
+        column = g.op("Reshape", [x, g.const("hidden_rows_shape", np.array([-1, cfg.hidden_size]))])
+        share = g.op("Scan", [rows, column], name="lm_head.low", body=self.low_share(table, top), num_scan_inputs=2)
+        share = g.op("Reshape", [share, g.const("screen_exact_shape", np.array([-1, 1, top]))])
+        exact = g.op("Add", [values, g.op("Mul", [share, g.const("one_sixteenth", np.array(1 / 16, np.float32))])])
+        return g.op("ScatterElements", [rough, ids, exact], name="lm_head.exact", axis=2)
+
+    def low_share(self, table: Table, top: int) -> onnx.GraphProto:
+        """Scan body: the low halves' dot products (times 16) for one row's top ids [top] and input [hidden]."""
+        cfg, t = self.cfg, self.opt.quant
+        assert t is not None and table.low is not None and table.scales is not None
+        body = Graph("low_share", self.g.weights)
+        ids, x = body.input("ids", TensorProto.INT64, [top]), body.input("x", FLOAT, [cfg.hidden_size])
+        low = body.op("GatherBlockQuantized", [table.low, ids, table.scales], domain=MS, gather_axis=0, quantize_axis=2,
+                      block_size=t.table.block_size, bits=4)                                      # [top, blocks, block]
+        low = body.op("Reshape", [low, body.const("share_rows_shape", np.array([top, -1]))])
+        if cfg.hidden_size % t.table.block_size:   # the last block's padding, zero in the table
+            low = body.op("Slice", [low, body.const("zero1", np.array([0])), body.const("hidden1", np.array([cfg.hidden_size])),
+                                    body.const("axis1", np.array([1]))])
+        body.op("MatMul", [low, x], ["share"])
+        body.output("share", FLOAT, [top])
+        return body.graph()
 
     def rotary_caches(self, total_len: str) -> tuple[str, str]:
         """cos/sin caches; LongRoPE picks the long set once the sequence passes the original

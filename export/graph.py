@@ -93,9 +93,12 @@ class Graph:
         key = f"split_{'_'.join(map(str, sizes))}"
         return self.ops("Split", [x, self.const(key, np.array(sizes, np.int64))], len(sizes), name=name, axis=axis)
 
+    def graph(self) -> onnx.GraphProto:
+        """The GraphProto (a subgraph's body, or the model's graph)."""
+        return helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+
     def model(self, opset: int = 21) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, producer_name="phi4edge",
+        model = helper.make_model(self.graph(), producer_name="phi4edge",
                                   opset_imports=[helper.make_opsetid("", opset),
                                                  helper.make_opsetid("com.microsoft", 1)])
         model.ir_version = 10   # the newest that onnxruntime-genai's bundled runtime reads too

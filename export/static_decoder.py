@@ -26,6 +26,7 @@ choice against what it replaces:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from onnx import TensorProto
@@ -35,7 +36,7 @@ from ..format import DecoderNames, StaticDecoderNames
 from ..models.config import DecoderConfig
 from ..models.phi3 import Phi3Weights, linear_shapes
 from ..quant import QuantConfig
-from .decoder import VOCAB_CHUNK_ROWS, DecoderBuilder, DecoderOptions
+from .decoder import VOCAB_CHUNK_ROWS, DecoderBuilder, DecoderOptions, Table
 from .graph import Graph
 from .linear import linear
 from .rope import cos_sin
@@ -57,8 +58,10 @@ class StaticDecoderBuilder:
             raise CheckpointError(f"input sizes {sorted(k for k in sizes if k % quant.block_size)} are not multiples of "
                                   f"block size {quant.block_size}, and QNN takes whole blocks only: " +
                                   (f"use --block-size {fits[0]}" if fits else "use --precision fp32"))
-        # the dynamic decoder's vocabulary writer and LM head (int4 chunked, or the fp32 table)
-        self.vocab = DecoderBuilder(g, cfg, weights, DecoderOptions(quant=quant))
+        # the dynamic decoder's vocabulary writer and LM head (int4/int8, or the fp32 table); a screened
+        # head is a plain int8 one here (QNN has neither TopK nor GatherBlockQuantized)
+        plain = replace(quant, head="int8") if quant is not None and quant.screened else quant
+        self.vocab = DecoderBuilder(g, cfg, weights, DecoderOptions(quant=plain))
 
     def linear(self, layer: int, module: str, x: str) -> str:
         """A layer linear, plus (x @ A) @ B when the graph has LoRA inputs."""
@@ -83,13 +86,12 @@ class StaticDecoderBuilder:
                 cos, sin = np.concatenate([cos, long_cos]), np.concatenate([sin, long_sin])
         return self.g.weight("cos_table", cos), self.g.weight("sin_table", sin)
 
-    def embed(self, ids: str, table: tuple[str, str | None]) -> str:
+    def embed(self, ids: str, table: Table) -> str:
         """Token rows (an fp16 copy of the table when the LM head is int4: QNN has no int4 gather),
         with image/audio rows put in place by text_mask and media_features."""
         g, cfg = self.g, self.cfg
-        data, scales = table
-        if scales is None:   # fp32: the LM head's own table
-            x = g.op("Gather", [data, ids], name="embed_tokens")
+        if table.scales is None:   # fp32: the LM head's own table
+            x = g.op("Gather", [table.data, ids], name="embed_tokens")
         else:
             fp16 = np.empty((cfg.vocab_size, cfg.hidden_size), np.float16)
             for lo in range(0, cfg.vocab_size, VOCAB_CHUNK_ROWS):

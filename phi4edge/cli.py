@@ -91,7 +91,9 @@ def main() -> None:
                    "searched against calibration-weighted error), hqq (fitted scales and zero points, no calibration), "
                    "rtn (round to nearest). Figures: docs/quantization.md.")
 @click.option("--head", type=click.Choice(HEADS), default=DEFAULT_HEAD, show_default=True,
-              help="Precision of the (tied) embedding / LM head table.")
+              help="Precision of the (tied) embedding / LM head table. int8-screened: the int8 table's bytes in two int4 "
+                   "halves; the LM head reads the high halves and completes its top 256 logits exactly (faster decode, "
+                   "the other logits int4-accurate; CPU graphs, WebGPU/QNN get plain int8; docs/quantization.md).")
 @click.option("--head-block-size", type=int, default=0, help="Block size of the head table [default: --block-size].")
 @click.option("--bits-budget", type=float, default=DEFAULT_BITS_BUDGET,
               help="Mixed precision: store the decoder linears most sensitive on the calibration text in int8 while "
@@ -449,6 +451,8 @@ def inspect(bundle: str, no_verify: bool) -> None:
     if q.bits_budget:
         quant += f"; {len(q.overrides or {})} linears int8 within {q.bits_budget} bits/weight"
     click.echo(f"weights     {quant}")
+    if q.tied_embeddings:
+        click.echo(f"table       {q.tied_embeddings}")
     click.echo("graphs      " + (f"ORT format (optimisation {m.ort.optimization}, onnxruntime {m.ort.onnxruntime}; "
                                  f"operators in {m.ort.required_operators})" if m.ort else "ONNX"))
     if m.static:   # the window, not config.max_position, bounds a request

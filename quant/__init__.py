@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import Phi4EdgeError
-from . import gptq, hqq, imatrix, int4, mixed
+from . import gptq, hqq, imatrix, int4, mixed, screen
 from .blocks import QuantizedWeight, symmetric
 
 # (weight [N, K], bits, block size, the inputs' second moments: Hessian [K, K], its diagonal [K] or None)
@@ -36,7 +36,8 @@ METHODS: dict[str, Quantizer] = {
 }
 CALIBRATED = {"gptq", "imatrix"}
 ZERO_POINTS = {"hqq", "gptq"}   # methods whose blocks store integer zero points
-HEADS = ("int4", "int8")
+SCREENED = "int8-screened"   # int8 table, LM head read as its int4 high halves plus an exact top 64 (quant/screen.py)
+HEADS = ("int4", "int8", SCREENED)
 # What `phi4edge export` uses: gptq at block 64 with an int8 table (block 64 too). On the permuted SmolLM2
 # (bench/quality.py) +11.8% / +12.2% perplexity over fp32 on the two texts at 5.396 bits/weight, every matrix
 # counted, where the previous default (rtn, block 32, int4 table) lost +40.0% / +34.3% at 5.000; at 32 layers
@@ -108,7 +109,7 @@ class QuantConfig:
     def table(self) -> QuantConfig:
         """Settings of the vocabulary table (symmetric: GatherBlockQuantized reads it without zero points).
         A calibrated method keeps the calibration: the table's scales are weighted by the LM head's inputs."""
-        return replace(self, bits=8 if self.head == "int8" else 4, block_size=self.head_block_size or self.block_size,
+        return replace(self, bits=4 if self.head == "int4" else 8, block_size=self.head_block_size or self.block_size,
                        bits_budget=0.0, int8=())
 
     @property
@@ -137,9 +138,14 @@ class QuantConfig:
         """Whether the linears' int4 blocks store zero points (counted by mixed precision's budget)."""
         return self.method in ZERO_POINTS
 
+    @property
+    def screened(self) -> bool:
+        """Whether the vocabulary table is stored screened (quant/screen.py)."""
+        return self.head == SCREENED
+
     def table_bits(self, vocab: int, hidden: int) -> int:
         """Bits one stored vocabulary table takes (symmetric: no zero points)."""
-        t = self.table
+        t = self.table   # a screened table stores the int8 one's bytes
         return mixed.stored_bits(vocab, hidden, t.bits, t.block_size, False)
 
     def quantize(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +164,9 @@ class QuantConfig:
 
     def describe_table(self) -> str:
         t = self.table
+        if self.screened:
+            return (f"one int8 table (block {t.block_size}) in two int4 halves for embedding and LM head, "
+                    f"the head screened by the high halves, its top {screen.SCREEN_TOP} exact")
         return f"one int{t.bits} tensor (block {t.block_size}) for embedding and LM head"
 
     def describe_encoders(self) -> str:
@@ -175,5 +184,5 @@ class QuantConfig:
 
 
 __all__ = ["BITS_BUDGET", "CALIBRATED", "DEFAULT_BITS_BUDGET", "DEFAULT_BLOCK", "DEFAULT_ENCODER", "DEFAULT_ENCODER_BLOCK",
-           "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES", "HEADS", "METHODS", "ZERO_POINTS", "QuantConfig",
+           "DEFAULT_HEAD", "DEFAULT_METHOD", "ENCODER_CHOICES", "HEADS", "METHODS", "SCREENED", "ZERO_POINTS", "QuantConfig",
            "QuantizedWeight", "Quantizer"]

@@ -133,12 +133,13 @@ def read_bandwidth(threads: int | None = None, repeats: int = 7, buffer_bytes: i
 def decode_bytes_per_token(bundle) -> int:
     """Decoder weight bytes read per generated token: every initializer in the data file but the
     rotary caches (of which one row is read) and the embedding gather (one row), unless the
-    embedding is the tied LM head, which is read whole."""
+    embedding is the tied LM head, which is read whole (a screened table's high halves and scales:
+    its low halves are gathered, quant/screen.py)."""
     tied = bundle.manifest.model.config.tie_word_embeddings
     total = 0
     for name, length in _initializer_bytes(bundle):
         # static bundles: rotary tables, and an fp16 embedding table besides the tied int4 one
-        if "_cache" in name or name.endswith("_table") or name == "embed_tokens.fp16" or \
+        if "_cache" in name or name.endswith(("_table", ".low")) or name == "embed_tokens.fp16" or \
                 (name.startswith("embed_tokens") and not tied):
             continue
         total += length

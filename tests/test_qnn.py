@@ -100,11 +100,12 @@ def test_a_context_binary_qnn_cannot_load_falls_back_to_compiling(bundles, tmp_p
     assert list(node_counts(session)) == [QNN] and node_counts(session)[QNN] > 1
 
 
-def test_other_quantisations_compile_whole(tmp_path):
+@pytest.mark.parametrize("head", ["int8", "int8-screened"])   # screened: a plain int8 head for QNN (no TopK there)
+def test_other_quantisations_compile_whole(tmp_path, head):
     """hqq's zero points and an int8 LM head (export's --quant/--head) are QNN's too: the export,
     which compiles with the CPU fallback disabled, succeeds."""
     result = CliRunner().invoke(main, ["export", str(EMBEDDED / "checkpoint"), "-o", str(tmp_path / "b"), "--target", "qnn",
-                                       "--context", "64", "--quant", "hqq", "--head", "int8"])
+                                       "--context", "64", "--quant", "hqq", "--head", head])
     assert result.exit_code == 0, result.output
     manifest = Manifest.read(tmp_path / "b")
     assert manifest.quantization.method == "hqq" and "int8 LM head" in (manifest.quantization.tied_embeddings or "")
