@@ -241,13 +241,13 @@ class DecoderBuilder:
         assert t is not None and table.low is not None and table.scales is not None
         body = Graph("low_share", self.g.weights)
         ids, x = body.input("ids", TensorProto.INT64, [top]), body.input("x", FLOAT, [cfg.hidden_size])
-        low = body.op("GatherBlockQuantized", [table.low, ids, table.scales], domain=MS, gather_axis=0, quantize_axis=2,
-                      block_size=t.table.block_size, bits=4)                                      # [top, blocks, block]
+        low = body.op("GatherBlockQuantized", [table.low, ids, table.scales], domain=MS, name="lm_head.low.rows",
+                      gather_axis=0, quantize_axis=2, block_size=t.table.block_size, bits=4)      # [top, blocks, block]
         low = body.op("Reshape", [low, body.const("share_rows_shape", np.array([top, -1]))])
         if cfg.hidden_size % t.table.block_size:   # the last block's padding, zero in the table
             low = body.op("Slice", [low, body.const("zero1", np.array([0])), body.const("hidden1", np.array([cfg.hidden_size])),
                                     body.const("axis1", np.array([1]))])
-        body.op("MatMul", [low, x], ["share"])
+        body.op("MatMul", [low, x], ["share"], name="lm_head.low.dot")   # named for profiles: the head's time
         body.output("share", FLOAT, [top])
         return body.graph()
 
