@@ -1,5 +1,5 @@
 # The Kotlin engine (android_demo/engine) on the desktop JVM, held to the Python runtime: bundles of
-# the embedded model exported here (fp32 and int4, ONNX and ORT format), answered by Python
+# the embedded model exported here (fp32, int4 and int4 with the screened head; ONNX and ORT format), answered by Python
 # (android_demo/engine/vectors/*.py), then the engine's JUnit tests on the same bundles (Maven;
 # onnxruntime's Java package from Maven Central). Part of `make test`.
 ANDROID_TEST := build/android-test
@@ -22,8 +22,9 @@ $(ORT_STAMP): pyproject.toml constraints.txt mk/android.mk
 android-test: install $(ORT_STAMP)
 	command -v $(MVN) >/dev/null || { echo "android-test needs Maven and a JDK 17 (apt-get install maven openjdk-17-jdk-headless)"; exit 1; }
 	rm -rf $(ANDROID_TEST) && mkdir -p $(ANDROID_TEST)/bundles
-	for p in fp32 int4; do \
-	  $(VENV)/bin/phi4edge export models/embedded/checkpoint -o $(ANDROID_TEST)/bundles/$$p --precision $$p && \
+	for p in fp32 int4 int4-screened; do \
+	  $(VENV)/bin/phi4edge export models/embedded/checkpoint -o $(ANDROID_TEST)/bundles/$$p --precision $${p%-screened} \
+	    $$(case $$p in *-screened) echo --head int8-screened;; esac) && \
 	  $(ORT_VENV)/bin/phi4edge mobile $(ANDROID_TEST)/bundles/$$p -o $(ANDROID_TEST)/bundles/$$p-ort || exit 1; done
 	for script in android_demo/engine/vectors/*.py; do $(PY) $$script $(ANDROID_TEST) || exit 1; done
 	cd android_demo/engine && $(MVN) -B -q test -Dbundles=$(CURDIR)/$(ANDROID_TEST)
