@@ -36,14 +36,16 @@ def test_split_is_the_int8_level_in_two_halves():
     assert (np.abs(blocks - v * t.scales[..., None]) <= np.abs(t.scales[..., None]) * (0.5 + 1e-5)).all()
 
 
-def stored_table(bundle) -> tuple[np.ndarray, onnx.ModelProto]:
-    """The int8 rows (16 * high + low) * scales / 16 from the stored initializers, and the graph."""
-    model = onnx.load(str(bundle / "decoder.onnx"))
-    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    halves = [np.stack([init[f"embed_tokens.{h}"] & 15, init[f"embed_tokens.{h}"] >> 4], -1).astype(np.float32) - 8
+def stored_table(model: onnx.ModelProto, name: str, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """A table's int8 rows (16 * high + low) * scales / 16 [vocab, hidden] from its stored initializers,
+    and the high halves' step per weight."""
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.startswith(name)}
+    halves = [np.stack([init[f"{name}.{h}"] & 15, init[f"{name}.{h}"] >> 4], -1).astype(np.float32) - 8
               for h in ("high", "low")]
     v = (16 * halves[0] + halves[1]).reshape(*halves[0].shape[:2], -1)
-    return v * init["embed_tokens.scales"][..., None] / 16, model
+    scales = init[f"{name}.scales"]
+    step = np.abs(np.repeat(scales, v.shape[2], axis=1))[:, :hidden]
+    return (v * scales[..., None] / 16).reshape(len(v), -1)[:, :hidden], step
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
@@ -55,16 +57,15 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSessi
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("head_block", [0, 256])   # 256: wider than hidden, a zero-padded last block
-def test_screened_head_is_the_int8_table(checkpoints, tmp_path, head_block):
-    bundle = export_model(checkpoints["phi4mini"], tmp_path / "s", head="int8-screened", head_block_size=head_block,
+# phi3mini: an untied LM head (a screened table of its own), hidden 128 in one zero-padded block of 256
+@pytest.mark.parametrize("shape,head_block", [("phi4mini", 0), ("phi3mini", 256)])
+def test_screened_head_is_the_int8_table(checkpoints, tmp_path, shape, head_block):
+    bundle = export_model(checkpoints[shape], tmp_path / "s", head="int8-screened", head_block_size=head_block,
                           quant_method="rtn", show_progress=False)
     cfg = Manifest.read(bundle).model.config
-    rows, model = stored_table(bundle)
-    table = rows.reshape(rows.shape[0], -1)[:, :cfg.hidden_size]
-    scales = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "embed_tokens.scales")
-    block = rows.shape[2]
-    per_weight = np.abs(np.repeat(scales, block, axis=1))[:, :cfg.hidden_size]     # the high halves' step, per weight
+    model = onnx.load(str(bundle / "decoder.onnx"))
+    embedding, _ = stored_table(model, "embed_tokens", cfg.hidden_size)
+    table, per_weight = stored_table(model, "embed_tokens" if cfg.tie_word_embeddings else "lm_head", cfg.hidden_size)
     head = next(n for n in model.graph.node if n.name == "lm_head")
     high = next(n for n in model.graph.node if n.name == "embed_tokens.high")
     embed = next(n for n in model.graph.node if n.op_type == "Add" and high.output[0] in n.input)
@@ -80,7 +81,7 @@ def test_screened_head_is_the_int8_table(checkpoints, tmp_path, head_block):
         out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
         logits, x, screened = out["logits"][:, 0], out[head.input[0]][:, 0], out[top_ids][:, 0]
         embeds = out[embed.output[0]].reshape(ids.shape[1], -1)[:, :cfg.hidden_size]
-        np.testing.assert_allclose(embeds, table[ids[0]], rtol=0, atol=1e-6)    # the embedding: the int8 rows
+        np.testing.assert_allclose(embeds, embedding[ids[0]], rtol=0, atol=1e-6)    # the embedding: the int8 rows
         reference = x.astype(np.float64) @ table.T.astype(np.float64)
         assert screened.shape[-1] == top
         for row, ref, xr, exact in zip(logits, reference, x, screened):
