@@ -51,14 +51,15 @@ class DecoderOptions:
 
 @dataclass(frozen=True)
 class Table:
-    """Names of a stored vocabulary table: fp32 `data`; or int4/int8 packed `data` and 2-D `scales`;
-    or a screened int8 table (quant/screen.py): `data` the high halves, `low` the low ones, their
-    (16x) `screen_scales`, 2-D, and `scales` the same 3-D for the gathers."""
+    """Names of a stored vocabulary table: fp32 `data`; or int4/int8 packed `data` and its 2-D `scales`
+    (MatMulNBits'); or a screened int8 table (quant/screen.py): `data` the high halves, `low` the low
+    ones, `scales` the high halves' and `gather_scales` the same 3-D (GatherBlockQuantized's), made
+    once because both the embedding and the head's completion gather."""
 
     data: str
     scales: str | None = None
     low: str | None = None
-    screen_scales: str | None = None
+    gather_scales: str | None = None
 
 
 def kv_names(layer: int) -> tuple[str, str, str, str]:
@@ -128,7 +129,7 @@ class DecoderBuilder:
         read: Callable[[slice], np.ndarray] = lambda rows: self.w.vocab_matrix(key, rows)
         if q is None:
             return Table(g.weight(f"{name}.weight", read(slice(None))))
-        screened = self.screened
+        screened = q.screened
         q = q.table   # the head's own precision and block (a last partial block is zero padded)
         blocks = -(-cfg.hidden_size // q.block_size)
         halves = 2 if screened else 1
@@ -145,16 +146,15 @@ class DecoderBuilder:
                 packed[0, rows] = data
         if not screened:
             return Table(g.weight(f"{name}.qweight", packed[0]), g.weight(f"{name}.scales", scales))
-        # One scale tensor, the high halves' (16x): the gathers read it 3-D, a Reshape onnxruntime
-        # folds at load, as for a plain table.
-        screen_scales = g.weight(f"{name}.scales", scales * 16)
-        scales3 = g.op("Reshape", [screen_scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
-        return Table(g.weight(f"{name}.high", packed[0]), scales3, g.weight(f"{name}.low", packed[1]), screen_scales)
+        # One scale tensor, the high halves' (16x), read 3-D by the gathers as for a plain table.
+        high_scales = g.weight(f"{name}.scales", scales * 16)
+        return Table(g.weight(f"{name}.high", packed[0]), high_scales, g.weight(f"{name}.low", packed[1]),
+                     self.scales3(high_scales))
 
-    @property
-    def screened(self) -> bool:
-        """Whether the vocabulary table is screened (`--head int8-screened`)."""
-        return self.opt.quant is not None and self.opt.quant.screened
+    def scales3(self, scales: str) -> str:
+        """A table's scales in GatherBlockQuantized's 3-D shape; MatMulNBits reads them 2-D. The Reshape
+        is folded at load: only the (small) scales are duplicated, never the packed data."""
+        return self.g.op("Reshape", [scales, self.g.const("scales3_shape", np.array([self.cfg.vocab_size, -1, 1]))])
 
     def gather_rows(self, table: Table, ids: str, name: str) -> str:
         """The table's dequantised rows at `ids` ([..., hidden] float32)."""
@@ -162,13 +162,12 @@ class DecoderBuilder:
         assert t is not None and table.scales is not None
         t = t.table
         if table.low is None:
-            # GatherBlockQuantized wants scales of the data's rank; MatMulNBits wants them 2-D. The
-            # Reshape is folded at load: only the (small) scales are duplicated, never the int4 data.
-            scales3 = g.op("Reshape", [table.scales, g.const("scales3_shape", np.array([cfg.vocab_size, -1, 1]))])
-            rows = g.op("GatherBlockQuantized", [table.data, ids, scales3], domain=MS, name=name, gather_axis=0,
-                        quantize_axis=2, block_size=t.block_size, bits=t.bits)
-        else:   # high + low / 16 at the high halves' scales: the int8 rows exactly
-            high, low = (g.op("GatherBlockQuantized", [data, ids, table.scales], domain=MS, name=f"{name}.{half}",
+            rows = g.op("GatherBlockQuantized", [table.data, ids, self.scales3(table.scales)], domain=MS, name=name,
+                        gather_axis=0, quantize_axis=2, block_size=t.block_size, bits=t.bits)
+        else:   # screened: high + low / 16 at the high halves' scales, the int8 rows exactly
+            scales3 = table.gather_scales
+            assert scales3 is not None
+            high, low = (g.op("GatherBlockQuantized", [data, ids, scales3], domain=MS, name=f"{name}.{half}",
                               gather_axis=0, quantize_axis=2, block_size=t.block_size, bits=4)
                          for half, data in (("high", table.data), ("low", table.low)))
             rows = g.op("Add", [high, g.op("Mul", [low, g.const("one_sixteenth", np.array(1 / 16, np.float32))])])
@@ -210,20 +209,18 @@ class DecoderBuilder:
             flat = g.op("Reshape", [x, g.const("flat_shape", np.array([-1, cfg.hidden_size]))])
             logits = g.op("Gemm", [flat, table.data], name="lm_head", transB=1)
             logits = g.op("Unsqueeze", [logits, g.const("axis1", np.array([1]))])
-        elif table.low is None:
+        else:   # int4/int8 MatMulNBits; over a screened table's high halves it is the int4 screen
             logits = g.op("MatMulNBits", [x, table.data, table.scales], domain=MS, name="lm_head", K=cfg.hidden_size,
-                          N=cfg.vocab_size, bits=q.table.bits, block_size=q.table.block_size, accuracy_level=q.accuracy_level)
-        else:
-            logits = self.screened_head(x, table)
+                          N=cfg.vocab_size, bits=4 if table.low else q.table.bits, block_size=q.table.block_size,
+                          accuracy_level=q.accuracy_level)
+            if table.low is not None:
+                logits = self.complete(x, logits, table)
         return g.op("Identity", [logits], [DecoderNames.LOGITS])
 
-    def screened_head(self, x: str, table: Table) -> str:
-        """The screen (int4 MatMulNBits over the high halves), then its top SCREEN_TOP logits per row
-        completed with the low halves' share and scattered back (quant/screen.py)."""
-        g, cfg, q = self.g, self.cfg, self.opt.quant
-        assert q is not None and table.screen_scales is not None
-        rough = g.op("MatMulNBits", [x, table.data, table.screen_scales], domain=MS, name="lm_head", K=cfg.hidden_size,
-                     N=cfg.vocab_size, bits=4, block_size=q.table.block_size, accuracy_level=q.accuracy_level)
+    def complete(self, x: str, rough: str, table: Table) -> str:
+        """A screened head: the screen's (`rough`) top SCREEN_TOP logits per row completed with the low
+        halves' share and scattered back (quant/screen.py)."""
+        g, cfg = self.g, self.cfg
         top = min(screen.SCREEN_TOP, cfg.vocab_size)
         values, ids = g.ops("TopK", [rough, g.const("screen_top", np.array([top], np.int64))], 2, name="lm_head.top", axis=-1)
         # One row at a time (Scan), so the gathered rows take SCREEN_TOP x hidden floats however many
@@ -238,10 +235,10 @@ class DecoderBuilder:
     def low_share(self, table: Table, top: int) -> onnx.GraphProto:
         """Scan body: the low halves' dot products (times 16) for one row's top ids [top] and input [hidden]."""
         cfg, t = self.cfg, self.opt.quant
-        assert t is not None and table.low is not None and table.scales is not None
+        assert t is not None and table.low is not None and table.gather_scales is not None
         body = Graph("low_share", self.g.weights)
         ids, x = body.input("ids", TensorProto.INT64, [top]), body.input("x", FLOAT, [cfg.hidden_size])
-        low = body.op("GatherBlockQuantized", [table.low, ids, table.scales], domain=MS, name="lm_head.low.rows",
+        low = body.op("GatherBlockQuantized", [table.low, ids, table.gather_scales], domain=MS, name="lm_head.low.rows",
                       gather_axis=0, quantize_axis=2, block_size=t.table.block_size, bits=4)      # [top, blocks, block]
         low = body.op("Reshape", [low, body.const("share_rows_shape", np.array([top, -1]))])
         if cfg.hidden_size % t.table.block_size:   # the last block's padding, zero in the table

@@ -36,7 +36,7 @@ METHODS: dict[str, Quantizer] = {
 }
 CALIBRATED = {"gptq", "imatrix"}
 ZERO_POINTS = {"hqq", "gptq"}   # methods whose blocks store integer zero points
-SCREENED = "int8-screened"   # int8 table, LM head read as its int4 high halves plus an exact top 64 (quant/screen.py)
+SCREENED = "int8-screened"   # int8 table in two int4 halves, the LM head screened by the high ones (quant/screen.py)
 HEADS = ("int4", "int8", SCREENED)
 # What `phi4edge export` uses: gptq at block 64 with an int8 table (block 64 too). On the permuted SmolLM2
 # (bench/quality.py) +11.8% / +12.2% perplexity over fp32 on the two texts at 5.396 bits/weight, every matrix

@@ -4,11 +4,13 @@ Decode is bandwidth bound and the 200K-vocab head is a quarter of Phi-4-mini's b
 int8. Split each int8 level v in [-120, 119] as v = 16 * high + low with high, low in [-8, 7]:
   - the *screen*: MatMulNBits over the high halves with scales 16 * s gives every logit with an
     error of at most 8 levels per weight, centred, as int4 rounding would (reading 4 bits, not 8);
-  - the top SCREEN_TOP logits of the screen are then recomputed from both halves, which is exactly
-    the int8 table's dot product, and scattered back (export/decoder.py).
+  - the screen's top SCREEN_TOP logits per row then get the low halves' share added, which makes
+    them the int8 table's dot products (with the int8 compute on x that MatMulNBits' accuracy level 4
+    uses for an int8 head too), and are scattered back (export/decoder.py).
 The tail keeps the screen's values. The embedding gathers both halves: the int8 rows exactly.
-The bytes stored are the int8 table's. At Phi-4-mini's width the head took 21.5 ms per token as
-int8 MatMulNBits and 12.3 ms screened (2 threads, AMD EPYC AVX-512); figures: bench/RESULTS.md.
+The bytes stored are the int8 table's. At Phi-4-mini's width the head took 22.8 ms per token as
+int8 MatMulNBits and 14.9 ms screened plus about 1 ms to complete its top logits (32 layers, 2
+threads, AMD EPYC AVX-512, bench/profile_decode.py); figures: bench/RESULTS.md.
 
 Levels span [-120, 119], not [-128, 127]: the split needs high in [-8, 7]. The scale is widened by
 128/120 so the block's largest magnitude lands on -120 (onnxruntime's symmetric rule, one notch
